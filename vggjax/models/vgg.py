@@ -1,0 +1,267 @@
+"""VGG (Simonyan & Zisserman, 2014): the config table, the backbone, and the builders.
+
+``CFGS`` lists, per configuration, the conv widths with ``"M"`` for a 2×2 max pool — the
+same table as torchvision's and timm's ``vgg.py``. :class:`VGG` stacks
+conv3×3 → (BatchNorm) → ReLU per entry and then one of the heads in
+:mod:`vggjax.models.heads`. Layer names are stable and match the paper's numbering:
+``conv{stage}_{i}``, ``bn{stage}_{i}``, ``relu{stage}_{i}``, ``pool{stage}``.
+
+Example::
+
+    model = vggjax.vgg16_bn(num_classes=10, head="gap", init="he_normal", rngs=nnx.Rngs(0))
+    logits = model(jnp.ones((8, 32, 32, 3)))             # (8, 10)
+    logits, feats = model(x, return_features=True)       # feats["relu3_3"], ...
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vggjax import initializers, layers
+from vggjax.errors import ConfigError, one_of
+from vggjax.models.heads import make_head
+
+Array = jax.Array
+Cfg = Sequence[Union[int, str]]
+
+CFGS: dict[str, list[Union[int, str]]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+
+# name -> (config, batch_norm)
+ARCHS: dict[str, tuple[str, bool]] = {
+    "vgg11": ("A", False),
+    "vgg11_bn": ("A", True),
+    "vgg13": ("B", False),
+    "vgg13_bn": ("B", True),
+    "vgg16": ("D", False),
+    "vgg16_bn": ("D", True),
+    "vgg19": ("E", False),
+    "vgg19_bn": ("E", True),
+}
+
+
+def scale_width(channels: int, width: float) -> int:
+    """Channels after the width multiplier (rounded, at least 1)."""
+    return max(1, int(round(channels * width)))
+
+
+class Features(nnx.Module):
+    """The VGG convolutional body: conv3×3(pad 1) → (BN) → ReLU per int in ``cfg``, max-pool per "M".
+
+    Input ``(N, H, W, in_channels)``; output ``(N, H/2^p, W/2^p, C_last)`` for p pools.
+    """
+
+    def __init__(
+        self,
+        cfg: Cfg,
+        *,
+        in_channels: int = 3,
+        batch_norm: bool = False,
+        width: float = 1.0,
+        norm_momentum: float = 0.9,
+        norm_eps: float = 1e-5,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        plan: list[tuple[str, str]] = []  # (kind, name) in execution order
+        stage, idx, cin = 1, 0, in_channels
+        for v in cfg:
+            if v == "M":
+                plan.append(("pool", f"pool{stage}"))
+                stage, idx = stage + 1, 0
+                continue
+            if not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"a VGG config holds positive conv widths and 'M', got {v!r}")
+            idx += 1
+            cout = scale_width(v, width)
+            name = f"{stage}_{idx}"
+            setattr(self, f"conv{name}", layers.conv(cin, cout, 3, padding=1, **kw))
+            plan.append(("conv", f"conv{name}"))
+            if batch_norm:
+                setattr(self, f"bn{name}", layers.batch_norm(cout, momentum=norm_momentum, epsilon=norm_eps, **kw))
+                plan.append(("bn", f"bn{name}"))
+            plan.append(("relu", f"relu{name}"))
+            cin = cout
+        self.plan = tuple(plan)
+        self.out_channels = cin
+        self.num_pools = sum(kind == "pool" for kind, _ in plan)
+
+    def __call__(self, x: Array, feats: dict) -> Array:
+        for kind, name in self.plan:
+            if kind == "pool":
+                x = layers.max_pool(x)
+            elif kind == "relu":
+                x = jax.nn.relu(x)
+            else:
+                x = getattr(self, name)(x)
+            feats[name] = x
+        return x
+
+
+class VGG(nnx.Module):
+    """A VGG network: :class:`Features` followed by a head.
+
+    Args:
+      cfg: a key of :data:`CFGS` ("A", "B", "D", "E") or an explicit list of widths/"M".
+      num_classes: outputs of the last layer.
+      batch_norm: BatchNorm after every backbone conv (the ``_bn`` variants).
+      head: ``"fc"``, ``"fc_conv"`` or ``"gap"`` (see :mod:`vggjax.models.heads`).
+      head_options: extra keyword options of the head (e.g. ``{"score_act": "relu",
+        "kernel_size": 3, "hidden": [1024], "fc": True}`` for gap, ``{"return_map": True}``
+        for fc_conv, ``{"hidden": 1024}`` for fc). Unknown keys raise ConfigError.
+      init / bias_init: initialisation specs (:mod:`vggjax.initializers`); the default
+        ``"torchvision"`` is torchvision's VGG scheme.
+      width: channel multiplier for the backbone and the fc/fc_conv hidden width
+        (tiny models for tests and CPU experiments).
+      in_channels: input image channels (NHWC).
+      dropout: dropout rate of the fc / fc_conv heads (the paper's 0.5).
+      norm_momentum / norm_eps: BatchNorm options (Flax momentum convention).
+      dtype / param_dtype: computation and parameter dtypes (e.g. bfloat16 compute).
+      rngs: ``nnx.Rngs`` or an int seed.
+    Call: ``model(x)`` with ``x`` of shape ``(N, H, W, in_channels)`` returns float32 logits
+    ``(N, num_classes)``; ``model(x, return_features=True)`` returns ``(logits, feats)``.
+    Use ``model.train()`` / ``model.eval()`` to switch dropout and BatchNorm statistics.
+    """
+
+    def __init__(
+        self,
+        cfg: str | Cfg = "D",
+        *,
+        num_classes: int = 1000,
+        batch_norm: bool = False,
+        head: str = "fc",
+        head_options: Mapping[str, Any] | None = None,
+        init: initializers.InitSpec = "torchvision",
+        bias_init: initializers.InitSpec | None = None,
+        width: float = 1.0,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+        norm_momentum: float = 0.9,
+        norm_eps: float = 1e-5,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs | int = 0,
+        name: str = "VGG",
+    ):
+        if isinstance(cfg, str):
+            if cfg not in CFGS:
+                raise one_of("VGG config", cfg, CFGS)
+            cfg = CFGS[cfg]
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not width > 0:
+            raise ConfigError(f"width must be > 0, got {width!r}")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
+        self.name = name
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.features = Features(
+            cfg,
+            in_channels=in_channels,
+            batch_norm=batch_norm,
+            width=width,
+            norm_momentum=norm_momentum,
+            norm_eps=norm_eps,
+            **kw,
+        )
+        options = dict(head_options or {})
+        if head in ("fc", "fc_conv"):
+            options.setdefault("hidden", scale_width(4096, width))
+            options.setdefault("dropout", dropout)
+        if head == "gap" and batch_norm:
+            options.setdefault("norm_momentum", norm_momentum)
+            options.setdefault("norm_eps", norm_eps)
+        self.head = make_head(head, self.features.out_channels, num_classes, **options, **kw)
+        self.head_name = head
+        initializers.apply(self, init, bias_init, rngs=rngs)
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest H (= W) the network accepts: 2^pools × the head's minimum feature size."""
+        return (2**self.features.num_pools) * self.head.min_feature_size
+
+    def __call__(self, x: Array, *, return_features: bool = False):
+        pools = self.features.num_pools
+        why = f"{pools} 2x2 max-poolings"
+        if self.head.min_feature_size > 1:
+            k = self.head.min_feature_size
+            why += f" then the {k}x{k} {self.head_name} window"
+        layers.check_input(x, channels=self.in_channels, min_size=self.min_input_size, name=self.name, why=why)
+        feats: dict[str, Array] = {}
+        x = self.features(x, feats)
+        logits = self.head(x, feats).astype(jnp.float32)
+        return (logits, feats) if return_features else logits
+
+
+def build(arch: str, **kwargs) -> VGG:
+    """Build the named VGG (``"vgg11"`` … ``"vgg19_bn"``); keyword options as :class:`VGG`."""
+    if arch not in ARCHS:
+        raise one_of("architecture", arch, ARCHS)
+    cfg, bn = ARCHS[arch]
+    kwargs.setdefault("name", arch)
+    return VGG(cfg, batch_norm=bn, **kwargs)
+
+
+def _builder(arch: str):
+    cfg, bn = ARCHS[arch]
+
+    def fn(
+        *,
+        num_classes: int = 1000,
+        head: str = "fc",
+        init: initializers.InitSpec = "torchvision",
+        bias_init: initializers.InitSpec | None = None,
+        width: float = 1.0,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs | int = 0,
+        **kwargs,
+    ) -> VGG:
+        return build(
+            arch,
+            num_classes=num_classes,
+            head=head,
+            init=init,
+            bias_init=bias_init,
+            width=width,
+            in_channels=in_channels,
+            dropout=dropout,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            **kwargs,
+        )
+
+    bn_text = " with BatchNorm" if bn else ""
+    fn.__name__ = fn.__qualname__ = arch
+    fn.__doc__ = (
+        f"VGG config {cfg}{bn_text} (``{arch}``). Keyword options as :class:`VGG` "
+        "(num_classes, head, head_options, init, bias_init, width, in_channels, dropout, "
+        "norm_momentum, norm_eps, dtype, param_dtype, rngs). Input NHWC; returns logits."
+    )
+    return fn
+
+
+vgg11 = _builder("vgg11")
+vgg11_bn = _builder("vgg11_bn")
+vgg13 = _builder("vgg13")
+vgg13_bn = _builder("vgg13_bn")
+vgg16 = _builder("vgg16")
+vgg16_bn = _builder("vgg16_bn")
+vgg19 = _builder("vgg19")
+vgg19_bn = _builder("vgg19_bn")
