@@ -116,6 +116,26 @@ class ConvHead(nnx.Module):
     def min_feature_size(self) -> int:
         return self.kernel_size
 
+    def load_fc(self, fc: FCHead) -> "ConvHead":
+        """Copy an :class:`FCHead`'s weights into this head (fc6 → k×k conv, fc7/fc8 → 1×1 convs).
+
+        The fc head's flatten order is (h, w, c), which is exactly an HWIO kernel's
+        leading axes, so fc6's ``(k·k·C, hidden)`` matrix reshapes to ``(k, k, C, hidden)``.
+        Requires ``fc.pool_size == self.kernel_size``. Returns ``self``.
+        """
+        k = self.kernel_size
+        if fc.pool_size != k:
+            raise ConfigError(f"cannot port an fc head pooled to {fc.pool_size}x{fc.pool_size} into a {k}x{k} conv")
+        for name in ("fc6", "fc7", "fc8"):
+            src, dst = getattr(fc, name), getattr(self, name)
+            w = src.kernel.get_value()
+            kshape = dst.kernel.get_value().shape
+            if w.size != int(jnp.prod(jnp.array(kshape))):
+                raise ConfigError(f"{name}: fc weight {tuple(w.shape)} does not fit conv kernel {kshape}")
+            dst.kernel.set_value(w.reshape(kshape))
+            dst.bias.set_value(src.bias.get_value())
+        return self
+
     def __call__(self, x: Array, feats: dict) -> Array:
         x = _apply(self.fc6, x, feats, "fc6")
         x = _apply(jax.nn.relu, x, feats, "relu6")
