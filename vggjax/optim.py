@@ -236,7 +236,7 @@ class PlateauState(NamedTuple):
     """Reduce-on-plateau bookkeeping (all scalar arrays, checkpointed with the optimiser)."""
 
     scale: jax.Array  # float32, multiplies the schedule; 1 until the first reduction
-    best: jax.Array  # float32, best metric so far (±inf before the first evaluation)
+    best: jax.Array  # float32, best metric so far (∓float32 max before the first evaluation)
     num_bad: jax.Array  # int32, evaluations since the last improvement
     cooldown: jax.Array  # int32, evaluations left in the cool-down after a reduction
 
@@ -254,7 +254,9 @@ def _scale_by_lr(schedule: optax.Schedule, plateau_mode: str) -> optax.GradientT
 
     def init_fn(params):
         del params
-        best = -jnp.inf if plateau_mode == "max" else jnp.inf
+        # The largest finite float32 rather than inf: checkpoints refuse non-finite state.
+        worst = float(jnp.finfo(jnp.float32).max)
+        best = -worst if plateau_mode == "max" else worst
         return LRState(
             count=jnp.zeros((), jnp.int32),
             learning_rate=jnp.asarray(schedule(0), jnp.float32),
