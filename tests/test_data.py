@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vggjax.data import Augment, get_info, load
+from vggjax.data import Augment, get_datasets, get_info, load
 from vggjax.data import digits
 from vggjax.errors import ConfigError, DataError
 
@@ -188,3 +188,129 @@ def test_bad_options_raise_config_errors(data_dir):
         _load(data_dir, train=True, augment=Augment(crop="zoom"))
     with pytest.raises(ConfigError, match="channels"):
         _load(data_dir, train=True, normalize=((0.5, 0.5), (0.2, 0.2)))
+
+
+# --- class subsets (classes=...) -----------------------------------------------------------
+
+
+def _masked(batches):
+    """(images, labels) of the real (mask=True) rows of eval batches, in order."""
+    images = np.concatenate([b["image"][b["mask"]] for b in batches])
+    labels = np.concatenate([b["label"][b["mask"]] for b in batches])
+    return images, labels
+
+
+def test_classes_subset_is_the_filtered_stream_relabelled(data_dir):
+    kw = dict(train=False, normalize="none", image_size=8, global_batch_size=32)
+    all_images, all_labels = _masked(list(_load(data_dir, **kw)[0]))
+    batches, info = _load(data_dir, classes=(8, 3), **kw)  # The order given is the new label order.
+    batches = list(batches)
+    images, labels = _masked(batches)
+    keep = np.isin(all_labels, (8, 3))
+    assert keep.sum() == 72 and len(batches) == 3  # ceil(72 / 32) eval steps, the last padded.
+    np.testing.assert_array_equal(images, all_images[keep])
+    np.testing.assert_array_equal(labels, np.where(all_labels[keep] == 8, 0, 1))
+    assert labels.dtype == np.int32 and not batches[-1]["mask"][72 - 64 :].any()
+    assert (info.num_classes, info.class_names, info.classes, info.multilabel) == (2, ("8", "3"), (8, 3), False)
+    assert (info.num_train_examples, info.num_test_examples) == (285, 72)
+
+    # The same examples as the prebuilt 3-vs-8 dataset (same split; 3 -> 0, 8 -> 1).
+    assert _image_keys(_load(data_dir, classes=(3, 8), **kw)[0]) == _image_keys(_load(data_dir, "vggjax_digits2", **kw)[0])
+    ours, ref = get_info("vggjax_digits", data_dir, classes=["3", "8"]), get_info("vggjax_digits2", data_dir)  # Names work too.
+    assert (ours.num_classes, ours.class_names, ours.num_train_examples, ours.num_test_examples, ours.classes) == (
+        ref.num_classes, ref.class_names, ref.num_train_examples, ref.num_test_examples, (3, 8)
+    )
+    assert get_info("vggjax_digits", data_dir).classes is None
+
+
+def test_classes_subset_counts_are_read_once_per_split(data_dir, monkeypatch):
+    from vggjax.data import pipeline
+
+    first = get_info("vggjax_digits", data_dir, classes=(1, 7))
+    opened = []
+    monkeypatch.setattr(pipeline, "_open", lambda *args, **kw: opened.append(args[2]))
+    again = get_info("vggjax_digits", data_dir, classes=(0, 4, 1))  # Other classes, same label histograms.
+    assert not opened  # Served from the in-process cache: no split was read again.
+    _, labels = digits.load_digits_uint8()
+    expected = np.bincount(labels, minlength=10)
+    assert first.num_train_examples + first.num_test_examples == expected[[1, 7]].sum()
+    assert again.num_train_examples + again.num_test_examples == expected[[0, 4, 1]].sum()
+
+
+@pytest.mark.parametrize("start_step", [4, 5])  # 285 kept / 64 = 4.45 batches an epoch: 4 straddles, 5 is past.
+def test_classes_subset_trains_on_kept_classes_and_resumes_exactly(data_dir, start_step):
+    kw = dict(train=True, seed=5, classes=(3, 8), image_size=8)
+    fresh = _take(_load(data_dir, **kw)[0], 7)
+    resumed = _take(_load(data_dir, start_step=start_step, **kw)[0], 7 - start_step)
+    for x, y in zip(fresh[start_step:], resumed):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    labels = np.concatenate([b["label"] for b in fresh])
+    assert set(np.unique(labels)) == {0, 1} and labels.dtype == np.int32
+    # One epoch (the first 285 examples) holds each kept train example exactly once.
+    ref = _load(data_dir, "vggjax_digits2", train=False, global_batch_size=285, split="train")[0]
+    ref_labels = np.concatenate([b["label"][b["mask"]] for b in ref])
+    np.testing.assert_array_equal(np.bincount(labels[:285], minlength=2), np.bincount(ref_labels, minlength=2))
+
+
+def test_classes_subset_eval_shards_cover_the_kept_examples_once(data_dir):
+    kw = dict(train=False, normalize="none", image_size=8, global_batch_size=32, classes=(3, 8))
+    whole = _image_keys(_load(data_dir, **kw)[0])
+    shards = [list(_load(data_dir, process_index=p, process_count=2, **kw)[0]) for p in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 3  # Both pad to the larger kept shard (3 steps of 16).
+    assert _image_keys(shards[0]) + _image_keys(shards[1]) == whole and sum(whole.values()) == 72
+    train = [next(_load(data_dir, train=True, classes=(3, 8), process_index=p, process_count=2)[0]) for p in range(2)]
+    assert all(set(np.unique(b["label"])) <= {0, 1} for b in train)
+
+
+def test_classes_subset_with_mock_cifar10():
+    common = dict(image_size=32, process_index=0, process_count=1, normalize="none")
+    with tfds.testing.mock_data(num_examples=200):
+        full, full_info = load("cifar10", global_batch_size=64, train=False, **common)
+        all_images, all_labels = _masked(list(full))
+        keep = np.isin(all_labels, (0, 2))
+        n = int(keep.sum())
+        assert 0 < n < 200  # Mock labels are uniform in 0..9.
+
+        batches, info = load("cifar10", global_batch_size=64, train=False, classes=(0, 2), **common)
+        batches = list(batches)
+        images, labels = _masked(batches)
+        assert len(batches) == -(-n // 64) and sum(b["mask"].sum() for b in batches) == n
+        np.testing.assert_array_equal(images, all_images[keep])
+        np.testing.assert_array_equal(labels, np.where(all_labels[keep] == 0, 0, 1))
+        names = full_info.class_names  # ("airplane", …) for the real data; mock metadata may say ("0", …).
+        assert (info.num_classes, info.class_names, info.classes) == (2, (names[0], names[2]), (0, 2))
+        assert info.num_train_examples == info.num_test_examples == n  # Mock splits are the same 200 examples.
+
+        train_it, evals, info2 = get_datasets("cifar10", global_batch_size=8, classes=(0, 2), augment="none", **common)
+        fresh = _take(train_it, 4)
+        assert info2 == info and set(np.unique(np.concatenate([b["label"] for b in fresh]))) <= {0, 1}
+        assert sum(b["mask"].sum() for b in evals) == n
+        step = n // 8  # The first batch after the first epoch boundary (or straddling it).
+        a = _take(load("cifar10", global_batch_size=8, train=True, classes=(0, 2), **common)[0], step + 2)
+        b = _take(load("cifar10", global_batch_size=8, train=True, classes=(0, 2), start_step=step, **common)[0], 2)
+        for x, y in zip(a[step:], b):
+            np.testing.assert_array_equal(x["image"], y["image"])
+            np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_bad_classes_raise_one_line_config_errors(data_dir):
+    cases = [
+        ("vggjax_digits_multilabel", (0, 1), "multi-label"),
+        ("vggjax_digits", (3, 10), r"class id 10 is out of range .*0\.\.9 \(0 0, 1 1, .*9 9\)"),
+        ("vggjax_digits", (-1,), "out of range"),
+        ("vggjax_digits", (3, 8, 3), "class 3 more than once"),
+        ("vggjax_digits", (), "empty"),
+        ("vggjax_digits", 3, "sequence of class ids"),
+        ("vggjax_digits", "38", "sequence of class ids"),
+        ("vggjax_digits", ("three",), "ids or names"),
+        ("vggjax_digits", (True, 2), "ids or names"),
+    ]
+    for name, classes, match in cases:
+        with pytest.raises(ConfigError, match=match) as e:
+            _load(data_dir, name, train=True, classes=classes)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="out of range"):
+        get_info("vggjax_digits", data_dir, classes=(12,))
+    info = get_info("vggjax_digits", data_dir, classes=(7,))  # One class is allowed.
+    assert info.num_classes == 1 and info.class_names == ("7",)

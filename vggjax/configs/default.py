@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data
     config.dataset = "vggjax_digits"
+    config.classes = ()  # a subset of class ids (relabelled 0..k-1), e.g. (0, 2); () = all
     config.data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets)
     config.image_size = 32
     config.channels = 0  # 0 = the dataset's own (1 for digits)

@@ -10,6 +10,9 @@ process, position)``, so a run resumed with ``start_step=k`` sees exactly the ba
 ``k, k+1, …`` that an uninterrupted run would have seen. Evaluation is one pass in file
 order, padded so every batch has the same shape (one jit compilation) and every process
 yields the same number of batches (multi-host collectives never wait on a missing step).
+``classes=(0, 2)`` keeps only those classes of a single-label dataset and relabels them
+0, 1, … in that order (CIFAR-2: airplane vs bird); positions, epochs and padding then all
+count the kept examples only.
 
 TensorFlow only runs the input pipeline here: it is hidden from every GPU at import so
 it can never take accelerator memory away from JAX.
@@ -40,6 +43,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EMBEDDED_DATASETS = ("vggjax_digits", "vggjax_digits2", "vggjax_digits_multilabel")
 CROPS = ("none", "pad", "resized")
 _EVAL_CENTER_FRACTION = 0.875  # ImageNet convention: 224 of 256.
+_MAX_NAMES_SHOWN = 20  # Class names listed in an error message (ImageNet has 1,000).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +119,10 @@ class DatasetInfo:
     multi-hot vectors ``[K]`` rather than int32 class ids. Example counts are over all
     processes (None only when neither TFDS metadata nor tf.data knows them).
     ``channels`` and ``image_size`` describe the images :func:`load` yields (``image_size``
-    is the dataset's default when returned by :func:`get_info`).
+    is the dataset's default when returned by :func:`get_info`). ``classes``: the
+    dataset's own ids of the kept classes when a class subset was asked for (label ``i``
+    is dataset class ``classes[i]``; ``num_classes``, ``class_names`` and the counts then
+    describe the subset), else None.
     """
 
     name: str
@@ -128,6 +135,7 @@ class DatasetInfo:
     class_names: tuple[str, ...] = dataclasses.field(repr=False)  # 1,000 for ImageNet.
     train_split: str
     test_split: str
+    classes: tuple[int, ...] | None = None
 
 
 def _base_name(name: str) -> str:
@@ -256,33 +264,136 @@ def _image_shape(name: str, builder: tfds.core.DatasetBuilder) -> tuple[int | No
     return h, w, int(c or 3)
 
 
-def _describe(name: str, builder: tfds.core.DatasetBuilder, spec: _Spec) -> DatasetInfo:
+def _resolve_classes(name: str, classes: Any, label_kind: str, num_classes: int, names: Sequence[str]) -> tuple[int, ...] | None:
+    """Validate a class subset: distinct ids (or names) of a single-label dataset's classes."""
+    if classes is None:
+        return None
+    if label_kind != "int":
+        raise ConfigError(
+            f"classes selects classes of a single-label dataset, but {name!r} is multi-label ({num_classes} classes "
+            "as a multi-hot vector); leave classes unset"
+        )
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
+        raise ConfigError(f"classes must be a sequence of class ids, e.g. (0, 2); got {classes!r}")
+    shown = ", ".join(f"{i} {n}" for i, n in enumerate(names[:_MAX_NAMES_SHOWN]))
+    shown += ", …" if len(names) > _MAX_NAMES_SHOWN else ""
+    valid = f"valid ids are 0..{num_classes - 1} ({shown})"
+    ids = []
+    for c in classes:
+        if isinstance(c, str) and c in names:  # A class name: "airplane".
+            c = list(names).index(c)
+        elif isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+            raise ConfigError(f"classes of dataset {name!r} must be class ids or names; {c!r} is neither: {valid}")
+        if not 0 <= c < num_classes:
+            raise ConfigError(f"class id {c} is out of range for dataset {name!r}: {valid}")
+        ids.append(int(c))
+    if not ids:
+        raise ConfigError(f"classes is empty; give at least one class of dataset {name!r} ({valid}), or None for all")
+    dups = sorted({c for c in ids if ids.count(c) > 1})
+    if dups:
+        raise ConfigError(f"classes {tuple(ids)} names class {', '.join(map(str, dups))} more than once; each class may appear once")
+    return tuple(ids)
+
+
+# Label histograms of splits and process shards, keyed by where the data lives: a class
+# subset reads each split's labels once per process, not once per load/get_info call.
+_LABEL_COUNTS: dict[tuple, np.ndarray] = {}
+
+
+def _decoders(spec: _Spec) -> tfds.decode.PartialDecoding:
+    """Read only the image (still encoded) and the label: what the pipeline keeps."""
+    return tfds.decode.PartialDecoding({"image": True, spec.label: True}, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def _label_counts(
+    name: str,
+    builder: tfds.core.DatasetBuilder,
+    spec: _Spec,
+    split: str,
+    num_classes: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> np.ndarray:
+    """Examples per class (int64 [num_classes]) in this process's shard of ``split``.
+
+    One pass over the labels (images are read but never decoded), cached per dataset
+    location, split and shard. It opens the split with the same decoders as the pipeline,
+    so the count is of exactly the stream :func:`build_dataset` filters (which matters for
+    ``tfds.testing.mock_data``, whose fake examples depend on the features read).
+    """
+    shard = split if process_count == 1 else tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+    try:
+        total = int(builder.info.splits[shard].num_examples)
+    except (KeyError, ValueError, TypeError):  # No metadata (tfds.testing.mock_data): count afresh.
+        total = None
+    key = (str(builder.data_dir), builder.info.full_name, spec.label, split, process_index, process_count, total)
+    if total is None or key not in _LABEL_COUNTS:
+        label = spec.label
+
+        @tf.autograph.experimental.do_not_convert
+        def get_label(example: dict[str, tf.Tensor]) -> tf.Tensor:
+            return example[label]
+
+        ds = _open(name, builder, shard, decoders=_decoders(spec), shown_split=split)
+        ds = ds.map(get_label, num_parallel_calls=tf.data.AUTOTUNE).batch(4096).prefetch(2)
+        counts = np.zeros(num_classes, np.int64)
+        for labels in tfds.as_numpy(ds):
+            labels = labels[(labels >= 0) & (labels < num_classes)]  # -1: unlabelled examples of some datasets.
+            counts += np.bincount(labels, minlength=num_classes).astype(np.int64)
+        _LABEL_COUNTS[key] = counts
+    return _LABEL_COUNTS[key]
+
+
+def _count(
+    name: str,
+    builder: tfds.core.DatasetBuilder,
+    spec: _Spec,
+    split: str,
+    classes: tuple[int, ...] | None,
+    num_classes: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> int | None:
+    """Examples in this process's shard of ``split``, only those of ``classes`` if given."""
+    if classes is None:
+        shard = split if process_count == 1 else tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+        return _num_examples(name, builder, shard)
+    counts = _label_counts(name, builder, spec, split, num_classes, process_index, process_count)
+    return int(counts[list(classes)].sum())
+
+
+def _describe(name: str, builder: tfds.core.DatasetBuilder, spec: _Spec, classes: Any = None) -> DatasetInfo:
     kind, num_classes, names = _label_info(name, builder, spec)
+    classes = _resolve_classes(name, classes, kind, num_classes, names)
     return DatasetInfo(
         name=name,
-        num_classes=num_classes,
+        num_classes=num_classes if classes is None else len(classes),
         multilabel=kind != "int",
-        num_train_examples=_num_examples(name, builder, spec.train_split),
-        num_test_examples=_num_examples(name, builder, spec.test_split),
+        num_train_examples=_count(name, builder, spec, spec.train_split, classes, num_classes),
+        num_test_examples=_count(name, builder, spec, spec.test_split, classes, num_classes),
         channels=_image_shape(name, builder)[-1],
         image_size=spec.image_size,
-        class_names=names,
+        class_names=names if classes is None else tuple(names[c] for c in classes),
         train_split=spec.train_split,
         test_split=spec.test_split,
+        classes=classes,
     )
 
 
-def get_info(name: str, data_dir: str | None = None) -> DatasetInfo:
-    """Describe dataset ``name`` (building the embedded ones if needed) without reading it.
+def get_info(name: str, data_dir: str | None = None, *, classes: Sequence[int | str] | None = None) -> DatasetInfo:
+    """Describe dataset ``name`` (building the embedded ones if needed).
 
+    Reads nothing but metadata, except with ``classes`` (see :func:`load`): then the
+    labels of the train and test splits are read once (cached) to count the kept examples.
     Raises :class:`DataError` for an unknown name or a dataset that is not prepared in
-    ``data_dir`` (default: TFDS's, ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``).
+    ``data_dir`` (default: TFDS's, ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``), and
+    :class:`ConfigError` for bad ``classes``.
     """
     builder = _builder(name, data_dir)
     spec = _spec(name, builder)
     if not builder.is_prepared():
         _open(name, builder, spec.train_split)  # Raises the "how to prepare" error (mock data passes).
-    return _describe(name, builder, spec)
+    return _describe(name, builder, spec, classes)
 
 
 def _resolve_augment(augment: Any, spec: _Spec) -> Augment:
@@ -385,10 +496,12 @@ def _make_preprocess(
     label_kind: str,
     num_classes: int,
     aug_key: tf.Tensor | None,
+    label_table: np.ndarray | None = None,
 ):
     """Build ``fn(index, example) -> {image, label, mask}``; ``aug`` None means evaluation."""
     src_channels = src_shape[-1]
     scale = tf.constant(1.0 / (255.0 * std), tf.float32)
+    table = None if label_table is None else tf.constant(label_table, tf.int32)
     shift = tf.constant(mean / std, tf.float32)
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph only warns here
@@ -417,6 +530,8 @@ def _make_preprocess(
         label = example[spec.label]
         if label_kind == "int":
             label = tf.cast(label, tf.int32)
+            if table is not None:  # Class subset: dataset id -> position in `classes`.
+                label = tf.gather(table, label)
         elif label_kind == "sequence":  # Class ids of the objects present → multi-hot (empty → zeros).
             label = tf.minimum(tf.reduce_sum(tf.one_hot(label, num_classes, dtype=tf.float32), axis=0), 1.0)
         else:
@@ -450,6 +565,7 @@ def build_dataset(
     normalize: str | tuple[Sequence[float], Sequence[float]] | None = "default",
     channels: int | None = None,
     shuffle_buffer: int = 50_000,
+    classes: Sequence[int | str] | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Build this process's batched ``tf.data.Dataset`` of ``name``; see :func:`load`.
 
@@ -480,18 +596,34 @@ def build_dataset(
     src_shape = _image_shape(name, builder)
     src_channels = src_shape[-1]
     channels = channels or src_channels
-    label_kind, num_classes, _ = _label_info(name, builder, spec)
+    label_kind, num_classes, class_names = _label_info(name, builder, spec)
+    classes = _resolve_classes(name, classes, label_kind, num_classes, class_names)
     mean, std = _resolve_normalize(normalize, spec, channels)
     aug = _resolve_augment(augment, spec) if train else None
 
     # Decode images only after shuffling/skipping (the buffer holds compressed bytes and
     # resuming skips without decoding) and read only the features we use. TFDS itself
     # caches splits under 250 MiB (digits, CIFAR) in RAM after the first epoch.
-    decoders = tfds.decode.PartialDecoding({"image": True, spec.label: True}, decoders={"image": tfds.decode.SkipDecoding()})
     local_split = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
-    local = _open(name, builder, local_split, decoders=decoders, shown_split=split)
-    n_local = _num_examples(name, builder, local_split)
-    info = dataclasses.replace(_describe(name, builder, spec), channels=channels, image_size=image_size)
+    local = _open(name, builder, local_split, decoders=_decoders(spec), shown_split=split)
+    # n_local counts the examples this process yields per epoch (the kept ones with classes):
+    # the resume arithmetic and the eval padding below rely on it being exact.
+    n_local = _count(name, builder, spec, split, classes, num_classes, process_index, process_count)
+    info = dataclasses.replace(_describe(name, builder, spec, classes), channels=channels, image_size=image_size)
+    label_table = None
+    if classes is not None:
+        # Drop the other classes before anything counts positions (shuffle, enumerate, skip),
+        # so element indices, epochs and augmentation keys are those of the kept stream.
+        label_table = np.full(num_classes, -1, np.int32)
+        label_table[list(classes)] = np.arange(len(classes), dtype=np.int32)
+        kept = tf.constant(classes, tf.int64)
+        label_key = spec.label
+
+        @tf.autograph.experimental.do_not_convert
+        def keep(example: dict[str, tf.Tensor]) -> tf.Tensor:
+            return tf.reduce_any(tf.equal(tf.cast(example[label_key], tf.int64), kept))
+
+        local = local.filter(keep)
 
     seed_key = tf.constant([seed, process_index], tf.int64)
     preprocess = _make_preprocess(
@@ -505,11 +637,13 @@ def build_dataset(
         label_kind=label_kind,
         num_classes=num_classes,
         aug_key=tf.random.fold_in(seed_key, 2),
+        label_table=label_table,
     )
 
     if train:
         if not n_local:
-            raise DataError(f"dataset {name!r} split {split!r} has no examples for process {process_index} of {process_count}")
+            which = f" of classes {classes}" if classes is not None else ""
+            raise DataError(f"dataset {name!r} split {split!r} has no examples{which} for process {process_index} of {process_count}")
         buffer = max(1, min(shuffle_buffer, n_local))
         shuffle_key = tf.random.fold_in(seed_key, 1)
 
@@ -530,7 +664,7 @@ def build_dataset(
         counts = [n_local if p == process_index else None for p in range(process_count)]
         for p in range(process_count):
             if counts[p] is None:
-                counts[p] = _num_examples(name, builder, tfds.split_for_jax_process(split, process_index=p, process_count=process_count))
+                counts[p] = _count(name, builder, spec, split, classes, num_classes, p, process_count)
         if any(c is None for c in counts):
             raise DataError(f"dataset {name!r} split {split!r}: TFDS does not know its size; run `tfds build {name}` again to refresh the metadata")
         num_batches = max(1, math.ceil(max(counts) / local_batch))
@@ -564,6 +698,7 @@ def load(
     normalize: str | tuple[Sequence[float], Sequence[float]] | None = "default",
     channels: int | None = None,
     shuffle_buffer: int = 50_000,
+    classes: Sequence[int | str] | None = None,
 ) -> tuple[Iterator[dict[str, np.ndarray]] | Iterable[dict[str, np.ndarray]], DatasetInfo]:
     """Return ``(batches, info)``: this process's numpy batches of dataset ``name``.
 
@@ -579,8 +714,13 @@ def load(
     string (``"train[:90%]"``). ``normalize``: "default" (dataset statistics),
     "imagenet", "none" (0..1), or ``(mean, std)`` in 0..1 units. ``channels``: 1 or 3
     to convert grey↔RGB. ``shuffle_buffer``: examples (still compressed) shuffled
-    together; the whole split when it fits, a sliding window otherwise. Embedded datasets are built on first use; others must already
-    be prepared in ``data_dir`` (a :class:`DataError` says how).
+    together; the whole split when it fits, a sliding window otherwise. ``classes``:
+    distinct class ids (or names) of a single-label dataset; only their examples are kept
+    and labelled by position, so ``classes=(0, 2)`` on CIFAR-10 gives airplane 0, bird 1
+    and ``info`` describes the subset (a single class is allowed; a :class:`ConfigError`
+    for multi-label datasets, unknown ids and repeats). Counting the kept examples reads
+    the split's labels once per process at start-up. Embedded datasets are built on first
+    use; others must already be prepared in ``data_dir`` (a :class:`DataError` says how).
     """
     ds, info = build_dataset(
         name,
@@ -597,6 +737,7 @@ def load(
         normalize=normalize,
         channels=channels,
         shuffle_buffer=shuffle_buffer,
+        classes=classes,
     )
     batches = tfds.as_numpy(ds)
     return (iter(batches) if train else batches), info
@@ -616,12 +757,14 @@ def get_datasets(
     channels: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    classes: Sequence[int | str] | None = None,
 ) -> tuple[Iterator[dict[str, np.ndarray]], Iterable[dict[str, np.ndarray]], DatasetInfo]:
     """Return ``(train_iterator, eval_batches, info)`` for the dataset's default splits.
 
     The trainer's one-call entry point: both come from :func:`load` with the same image
-    size, channels and normalisation; ``eval_batch_size`` defaults to
-    ``global_batch_size``. ``train_iterator`` starts at batch ``start_step``.
+    size, channels, normalisation and class subset (``classes``, see :func:`load`);
+    ``eval_batch_size`` defaults to ``global_batch_size``. ``train_iterator`` starts at
+    batch ``start_step``.
     """
     common = dict(
         image_size=image_size,
@@ -630,6 +773,7 @@ def get_datasets(
         channels=channels,
         process_index=process_index,
         process_count=process_count,
+        classes=classes,
     )
     train_iter, info = load(
         name, global_batch_size=global_batch_size, train=True, seed=seed, start_step=start_step, augment=augment, **common
