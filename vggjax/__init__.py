@@ -25,6 +25,32 @@ from vggjax.models import (
     vgg16_bn,
     vgg19,
     vgg19_bn,
+    SEED_NETS,
+    Net,
+    NetBatchNorm,
+    NetDepth,
+    NetDropout,
+    NetRes,
+    NetResDeep,
+    NetWidth,
+    OverFeatSlim,
+    ResBlock,
+    SeedNet,
+    TwoConvBN,
+    vgg16_fc_conv_400,
+    wsdr,
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `summary` is imported lazily: importing vggjax.summary here would make
+    # `python -m vggjax.summary` warn that the module was already imported. The module is
+    # callable, so `vggjax.summary(model, shape)` works once it is loaded.
+    if name in ("summary", "summarize", "Summary"):
+        import importlib
+
+        module = importlib.import_module("vggjax.summary")
+        return module if name == "summary" else getattr(module, name)
+    raise AttributeError(f"module 'vggjax' has no attribute {name!r}")

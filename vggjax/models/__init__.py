@@ -16,3 +16,19 @@ from vggjax.models.vgg import (
     vgg19,
     vgg19_bn,
 )
+from vggjax.models.seed_nets import (
+    SEED_NETS,
+    Net,
+    NetBatchNorm,
+    NetDepth,
+    NetDropout,
+    NetRes,
+    NetResDeep,
+    NetWidth,
+    OverFeatSlim,
+    ResBlock,
+    SeedNet,
+    TwoConvBN,
+    vgg16_fc_conv_400,
+    wsdr,
+)

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Mapping, Sequence, Union
 
 import jax
@@ -200,7 +201,8 @@ class VGG(nnx.Module):
             k = self.head.min_feature_size
             why += f" then the {k}x{k} {self.head_name} window"
         layers.check_input(x, channels=self.in_channels, min_size=self.min_input_size, name=self.name, why=why)
-        feats: dict[str, Array] = {}
+        # OrderedDict, not dict: JAX sorts plain dict keys when feats crosses jit/grad.
+        feats: dict[str, Array] = collections.OrderedDict()
         x = self.features(x, feats)
         logits = self.head(x, feats).astype(jnp.float32)
         return (logits, feats) if return_features else logits
