@@ -374,6 +374,38 @@ def plateau_update(opt_state: Any, metric: jax.typing.ArrayLike, cfg: Any) -> An
     )
 
 
+# ------------------------------------------------------------- "no zero_grad"
+
+
+class AccumulateState(NamedTuple):
+    """Running sum of every gradient seen so far (same pytree as the params)."""
+
+    grad_sum: Any
+
+
+def accumulate_gradients() -> optax.GradientTransformation:
+    """Pass on the running sum of all gradients so far: PyTorch without ``zero_grad()``.
+
+    PyTorch's ``loss.backward()`` *adds* into ``param.grad``; a loop that never calls
+    ``optimizer.zero_grad()`` therefore hands the optimiser ``g_1 + … + g_t`` at step
+    ``t``. Chain this transformation *before* the optimiser, e.g.
+    ``optax.chain(accumulate_gradients(), make_optimizer(cfg, ...))``, to reproduce such a
+    loop exactly (coupled weight decay and momentum then act on the sum, as torch's SGD
+    does on ``param.grad``). The state is one float32 buffer per parameter. Meant for
+    reproducing that bug, not for training: a correct loop uses per-step gradients.
+    """
+
+    def init_fn(params):
+        return AccumulateState(jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        grad_sum = jax.tree.map(jnp.add, state.grad_sum, updates)
+        return grad_sum, AccumulateState(grad_sum)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 # ------------------------------------------------------------------------ builder
 
 
@@ -422,6 +454,7 @@ def make_optimizer(
 
 
 __all__ = [
+    "AccumulateState",
     "BOUNDARY_UNITS",
     "DEFAULTS",
     "LRState",
@@ -430,6 +463,7 @@ __all__ = [
     "SCHEDULES",
     "WEIGHT_DECAY_MASKS",
     "WEIGHT_DECAY_MODES",
+    "accumulate_gradients",
     "current_lr",
     "decay_mask",
     "default_config",
