@@ -84,8 +84,17 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def put_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Place every array of ``tree`` replicated on the mesh (works across hosts)."""
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))
-                        if jax.process_count() > 1 else jax.device_put(x, sharding), tree)
+
+    def put(x: Any) -> Any:
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            # Typed PRNG keys (the dropout streams) have no NumPy form: move their raw bits.
+            data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(x)))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(put, tree)
 
 
 def global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -118,16 +127,29 @@ def pmap_batch(batch: dict[str, np.ndarray], num_local_devices: int) -> dict[str
 
 
 def replicate_for_pmap(tree: Any, num_devices: int | None = None) -> Any:
-    """Stack ``num_devices`` copies of ``tree`` (leading axis = device) for ``jax.pmap`` inputs."""
-    import jax.numpy as jnp
+    """Stack ``num_devices`` copies of ``tree`` (leading axis = device) for ``jax.pmap`` inputs.
 
+    The copies are placed with the sharding ``jax.pmap`` gives its outputs (one slice per
+    local device over a ``("data",)`` mesh), from host memory: an input placed any other
+    way makes the first step compile a second executable, and slicing a one-device array
+    onto the devices compiles a small program per array shape.
+    """
     n = num_devices or jax.local_device_count()
-    return jax.tree.map(lambda x: jnp.broadcast_to(x[None], (n, *x.shape)), tree)
+    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:n]), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = NamedSharding(mesh, P(AXIS))
+    host = jax.device_get(tree)
+    return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), sharding), host)
 
 
 def unreplicate(tree: Any) -> Any:
-    """Take device 0's copy of a pmap-replicated tree."""
-    return jax.tree.map(lambda x: x[0], tree)
+    """Device 0's copy of a pmap-replicated tree, as host arrays (reads one shard; compiles nothing)."""
+
+    def first(x: Any) -> Any:
+        if isinstance(x, jax.Array):
+            return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+        return x[0]
+
+    return jax.tree.map(first, tree)
 
 
 def prefetch(iterator: Iterator[Any], transfer, size: int = 2) -> Iterator[Any]:

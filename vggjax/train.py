@@ -68,8 +68,13 @@ def split_model(model: nnx.Module):
 
 
 def merge(graphdef, state: TrainState) -> nnx.Module:
-    """Rebuild the NNX model of ``state`` (inside a jitted function this costs nothing)."""
-    return nnx.merge(graphdef, state.params, state.frozen, state.batch_stats, state.rngs)
+    """Rebuild the NNX model of ``state`` (inside a jitted function this costs nothing).
+
+    The model gets its own Variables (``copy=True``): running it updates BatchNorm
+    statistics and RNG counters in the model only, never in ``state`` (which the train
+    step still needs intact, e.g. to keep the old statistics when it skips a NaN step).
+    """
+    return nnx.merge(graphdef, state.params, state.frozen, state.batch_stats, state.rngs, copy=True)
 
 
 # --- model -----------------------------------------------------------------------------
@@ -112,6 +117,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, in_channel
     globs = config.get("freeze", ()) or ()
     if isinstance(globs, str):
         globs = [g for g in globs.split(",") if g]
+    if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) for g in globs):
+        raise ConfigError(f"config.freeze must be parameter-path globs such as ('features/*',), got {globs!r}")
     if globs:
         freeze(model, list(globs))
     model.train()
@@ -136,6 +143,12 @@ def loss_and_metrics(loss_name: str, logits: jax.Array, batch: Batch) -> tuple[j
     return loss, {"loss": loss, "accuracy": acc}
 
 
+def _all_finite(tree: Any) -> jax.Array:
+    """True when no floating leaf of ``tree`` holds a NaN or an infinity (a bool scalar)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -152,7 +165,8 @@ def make_train_step(
     counters. Under ``jax.pmap`` pass ``axis_name`` so gradients and metrics are averaged
     over devices (``lax.pmean``); under mesh-jit leave it None — the batch is global.
     ``with_diagnostics`` adds per-layer statistics (:mod:`vggjax.diagnostics`);
-    ``skip_nonfinite`` keeps the old state when the loss or a gradient is NaN/inf.
+    ``skip_nonfinite`` keeps the old state when the loss, a gradient, a new weight or a
+    new BatchNorm statistic is NaN/inf.
     Metrics are scalars: loss, accuracy, grad_norm, lr, finite (1.0 or 0.0).
     """
 
@@ -173,7 +187,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         _, _, _, batch_stats, rngs = split_model(model)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        # The new weights and BatchNorm statistics too: with an absurd learning rate a
+        # finite gradient still overflows the update (lr 1e38 x grad 10 = inf weights).
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & _all_finite((params, batch_stats))
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, rngs=rngs, opt_state=opt_state)
         if skip_nonfinite:
             # Keep the previous weights, statistics and optimizer state; count the step.
@@ -237,6 +253,20 @@ def init_state(
     return graphdef, eval_graphdef, make
 
 
+def state_from_model(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
+    """``(train_graphdef, eval_graphdef, state)`` for an already-built ``model``.
+
+    The entry point for experiments and user code that build their own network: pair it
+    with :func:`make_train_step` / :func:`make_eval_step` and ``jax.jit``. The model is
+    put in training mode for the train graphdef and eval mode for the eval one.
+    """
+    model.eval()
+    eval_graphdef = split_model(model)[0]
+    model.train()
+    graphdef, params, frozen, batch_stats, rngs = split_model(model)
+    return graphdef, eval_graphdef, TrainState(jnp.zeros((), jnp.int32), params, frozen, batch_stats, rngs, tx.init(params))
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "num_epochs", "log_every_steps"):
         value = config.get(key)
@@ -281,10 +311,21 @@ class _Runner:
     num_devices: int
 
 
+def _with_batchnorm_axis(graphdef: nnx.GraphDef, state: TrainState, axis_name: str) -> nnx.GraphDef:
+    """``graphdef`` with every BatchNorm averaging its batch statistics over ``axis_name``."""
+    model = merge(graphdef, state)
+    parallel.set_batchnorm_axis(model, axis_name)
+    return split_model(model)[0]
+
+
 def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bool) -> tuple[_Runner, TrainState]:
     skip = config.get("nan_policy", "stop") == "skip"
     if config.parallel == "pmap":
         n = config.get("num_devices", 0) or jax.local_device_count()
+        # Each device sees only its slice of the batch, so BatchNorm must pmean its batch
+        # statistics over the devices to match mesh-jit (where the batch is one global
+        # array). The axis name is a static attribute, so it lives in the graphdef.
+        graphdef = _with_batchnorm_axis(graphdef, state, parallel.AXIS)
         step = make_train_step(graphdef, tx, loss_name, axis_name=parallel.AXIS, with_diagnostics=with_diag, skip_nonfinite=skip)
         ev = make_eval_step(eval_graphdef, loss_name, axis_name=parallel.AXIS)
         devices = jax.local_devices()[:n]
@@ -312,7 +353,9 @@ def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bo
         from_host_state=lambda s: s,
         num_devices=mesh.size,
     )
-    return runner, state
+    # Commit the state to the replicated sharding now: a state still on one device (fresh
+    # from init or restore) would make the first step compile a second executable.
+    return runner, parallel.put_replicated(state, mesh)
 
 
 def evaluate(runner: _Runner, state, eval_batches) -> dict[str, float]:
@@ -343,7 +386,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch(eval_bs, n_dev if config.parallel == "jit" else n_dev * jax.process_count(), "eval_batch_size")
     data_dir = config.get("data_dir") or None
 
-    info = data.get_info(config.dataset, data_dir)
+    classes = tuple(config.get("classes", ()) or ()) or None
+    info = data.get_info(config.dataset, data_dir, classes=classes)
     num_classes = config.get("num_classes", 0) or info.num_classes
     in_channels = config.get("channels", 0) or info.channels
     loss_name = _loss_name(config, info)
@@ -353,10 +397,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = optim.make_optimizer(config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
     graphdef, eval_graphdef, make_state = init_state(config, num_classes, in_channels, tx)
-    state = jax.jit(make_state)()
     image_size = config.get("image_size", 0) or info.image_size
-    # Fail before any checkpoint or data work if the model cannot take the images.
-    jax.eval_shape(lambda s: merge(eval_graphdef, s)(jnp.zeros((1, image_size, image_size, in_channels))), state)
+    # Fail before any compilation, checkpoint or data work if the model cannot take the images.
+    jax.eval_shape(lambda: merge(eval_graphdef, make_state())(jnp.zeros((1, image_size, image_size, in_channels))))
+    state = jax.jit(make_state)()
 
     os.makedirs(workdir, exist_ok=True)
     ckpt = checkpoint.Checkpointer(
@@ -392,6 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             augment=config.get("augment", "default"),
             normalize=config.get("normalize", "default"),
             channels=in_channels,
+            classes=classes,
         )
         writer = metrics_lib.MetricsWriter(workdir, total_steps, progress=config.get("progress", True), start_step=start)
         if start:
@@ -414,10 +459,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step % log_every == 0 or step == total_steps or use_diag:
                 host = [runner.fetch(x) for x in pending]
                 pending = []
-                for m_host in host:
+                for i, m_host in enumerate(host):
                     if float(m_host["finite"]) == 0.0 and config.get("nan_policy", "stop") == "stop":
+                        # pending holds the steps since the last fetch, in order.
                         raise VggjaxError(
-                            f"non-finite loss or gradient near step {step} (lr {float(m_host['lr']):.3g}); "
+                            f"non-finite loss, gradient or weights at step {step - len(host) + 1 + i} (lr {float(m_host['lr']):.3g}); "
                             "lower optim.learning_rate, enable optim.grad_clip_norm, or set nan_policy=skip"
                         )
                 last = host[-1]
@@ -497,13 +543,59 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def _cli_error(message: str) -> None:
+    """Print ``error: MESSAGE`` (on one line) to stderr and exit with status 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def _flag_error_message(e: BaseException) -> str:
+    """One line for a bad command line: an absl flag error or an unknown ``--config.KEY``."""
+    from absl import flags
+
+    if isinstance(e, flags.Error):
+        return str(e)
+    # ml_collections reports an unknown override key as AttributeError(KeyError("'key'\nDid you mean ...")).
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    if isinstance(e, OSError):  # the --config file is missing or failed to import
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        return f"cannot load the --config file: {lines[-1] if lines else e}"
+    text = str(e.args[0]) if e.args else str(e)
+    key, *hint = text.splitlines() or [""]
+    key = key.strip("'\"")
+    # Name the whole override (--config.optim.lr), not only its last component.
+    given = [a.split("=")[0][2:] for a in sys.argv[1:] if a.startswith("--config.")]
+    full = next((g for g in given if g == f"config.{key}" or g.endswith(f".{key}")), f"config.{key}")
+    message = f"unknown config key {full!r}"
+    return message + (f" ({' '.join(hint)})" if hint else "; see the config file for the valid keys")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    from absl import flags
+
+    try:
+        rest = flags.FLAGS(argv)
+        # ml_collections defers a config file's load error to the first use of the config.
+        getattr(flags.FLAGS.config, "model", None)
+        return rest
+    except (flags.Error, KeyError, AttributeError, OSError) as e:
+        _cli_error(_flag_error_message(e))
+        raise  # unreachable
+
+
 def run() -> None:
     """Console entry point (``vggjax-train``)."""
     from absl import app
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _flags()
-    app.run(main)
+    try:
+        # Defining --config already applies the --config.KEY=VALUE overrides of the
+        # default config file (an unknown key fails here, not in flag parsing).
+        _flags()
+    except (KeyError, AttributeError) as e:
+        _cli_error(_flag_error_message(e))
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

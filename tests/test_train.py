@@ -1,0 +1,364 @@
+"""The trainer: data-parallel equivalences, freezing, NaN policies, resume, the CLI and its errors.
+
+Library-level tests drive :func:`vggjax.train.init_state`, :func:`make_train_step` (through
+``train._runner``) and :func:`train_and_evaluate` in this process on the 8 fake CPU
+devices of conftest. CLI tests run ``python -m vggjax.train`` in subprocesses with their
+own ``XLA_FLAGS`` (1-2 fake devices, so compiles stay small), a timeout, and a
+compilation cache private to this test session (runs that compile the same programs,
+like the resume runs, then reuse them; nothing depends on the user's cache).
+
+All models are VGG-11-BN at width 1/16 on 32x32 single-channel images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vggjax import train
+from vggjax.errors import VggjaxError
+
+from train_helpers import NUM_CLASSES, run_steps, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model_options.width=0.0625", "--config.model_options.head_options.hidden=16", "--config.progress=False"]
+# Foreign C++ log lines (TensorFlow's oneDNN notice, absl's pre-init warning) that are
+# not ours to format; everything else on stderr must be our one error line.
+FOREIGN = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
+
+
+def leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+# --- data parallelism ----------------------------------------------------------------
+
+
+def test_mesh_jit_and_pmap_give_equal_losses_on_8_devices():
+    assert jax.device_count() == 8
+    jit_losses, _, jit_state, _ = run_steps("jit", 0)
+    pmap_losses, _, pmap_state, _ = run_steps("pmap", 0)
+    assert np.all(np.isfinite(jit_losses)) and len(jit_losses) == 3
+    np.testing.assert_allclose(pmap_losses, jit_losses, rtol=0, atol=1e-5)
+    # BatchNorm running statistics too: under pmap they must be averaged over all 8
+    # devices (2 examples each), not be device 0's own.
+    for a, b in zip(leaves(pmap_state.batch_stats), leaves(jit_state.batch_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pmap_batchnorm_uses_the_device_axis():
+    config = tiny_config(parallel="pmap")
+    tx = train.optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=3)
+    graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
+    state = jax.eval_shape(make)
+    pmap_graphdef = train._with_batchnorm_axis(graphdef, state, "data")
+    model = train.nnx.merge(pmap_graphdef, state.params, state.frozen, state.batch_stats, state.rngs)
+    norms = [n for _, n in train.nnx.iter_graph(model) if isinstance(n, train.nnx.BatchNorm)]
+    assert len(norms) == 8 and all(n.axis_name == "data" for n in norms)
+
+
+def test_one_and_eight_devices_give_equal_losses():
+    assert jax.device_count() == 8
+    one = run_steps("jit", 1).losses
+    eight = run_steps("jit", 0).losses
+    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-5)
+
+
+def test_losses_change_over_steps():
+    losses, initial, final, _ = run_steps("jit", 0)
+    assert len(set(losses.tolist())) == 3  # a no-op step would repeat the loss
+    assert int(final.step) == 3 and int(initial.step) == 0
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_train_step_compiles_once(mode):
+    # The state the runner hands out must already have the step's shardings, or step 2
+    # compiles a second executable (as costly as the first).
+    compiles = run_steps(mode, 0).compiles
+    assert compiles == 1, f"{compiles} XLA compilations over 3 steps"
+
+
+# --- freezing --------------------------------------------------------------------------
+
+
+def test_frozen_parameters_are_bit_identical_after_training():
+    _, initial, final, _ = run_steps("jit", 1, steps=2, freeze=("features/*",))
+    frozen_before, frozen_after = leaves(initial.frozen), leaves(final.frozen)
+    # VGG-11-BN's backbone: 8 convs (kernel, bias) and 8 BatchNorms (scale, bias).
+    assert len(frozen_before) == 32
+    for a, b in zip(frozen_before, frozen_after):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(initial.params)]
+    assert paths and not any("features" in p for p in paths)
+    for p, a, b in zip(paths, leaves(initial.params), leaves(final.params)):
+        assert not np.array_equal(a, b), f"trainable {p} did not change"
+    # BatchNorm running statistics are not parameters: they still follow the batches.
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(initial.batch_stats), leaves(final.batch_stats)))
+
+
+# --- train_and_evaluate: NaN policies, bad input ----------------------------------------
+
+
+def digits_config(**overrides):
+    """``tiny_config`` on the embedded digits (1 device: one small compile)."""
+    base = dict(num_devices=1, num_train_steps=3, batch_size=16, eval_batch_size=128)
+    return tiny_config(**{**base, **overrides})
+
+
+def test_nan_policy_skip_keeps_params_finite_and_finishes(tmp_path):
+    from vggjax import checkpoint, metrics
+
+    # lr 1e38: the loss and gradients of every step are finite, but the update overflows
+    # to infinite weights, so every step must be skipped.
+    config = digits_config(**{"nan_policy": "skip", "optim.learning_rate": 1e38, "checkpoint_every_steps": 1})
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert summary["steps"] == 3
+    recs = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [r["finite"] for r in recs if r["kind"] == "train"] == [0.0, 0.0, 0.0]
+    initial = jax.device_get(_fresh_state(config))  # the same seed: the run's initial state
+    with checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True) as ckpt:
+        assert ckpt.all_steps() == [1, 2, 3]
+        after_3, _ = ckpt.restore(initial, step=3)
+    # A skipped step keeps the whole state (weights, BatchNorm statistics, which its
+    # forward pass had already updated, optimizer state) bit for bit; only the step counts.
+    assert int(after_3.step) == 3
+    for a, b in zip(leaves(initial.replace(step=0)), leaves(after_3.replace(step=0))):
+        assert np.all(np.isfinite(a)) and np.array_equal(a, b)
+
+
+def _fresh_state(config):
+    from vggjax import data
+
+    info = data.get_info(config.dataset)
+    tx = train.optim.make_optimizer(config.optim, steps_per_epoch=info.num_train_examples // config.batch_size, total_steps=3)
+    return train.init_state(config, info.num_classes, info.channels, tx)[2]()
+
+
+def test_nan_policy_stop_names_the_step(tmp_path):
+    # log_every_steps=3: the error must still name the first bad step (2), not the fetch step.
+    config = digits_config(**{"optim.learning_rate": 1e30, "log_every_steps": 3, "num_train_steps": 3})
+    with pytest.raises(VggjaxError, match=r"non-finite loss, gradient or weights at step 2\b") as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "checkpoints" / "2").exists()
+
+
+def snapshot(path) -> dict[str, tuple[int, int]]:
+    """Every file under ``path`` with its size and mtime (to prove nothing was written)."""
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            st = os.stat(full)
+            out[os.path.relpath(full, path)] = (st.st_size if name in files else 0, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def existing_workdir(tmp_path_factory):
+    """A workdir holding a real checkpoint (step 5) and metrics, as a previous run leaves it."""
+    from vggjax import checkpoint
+
+    wd = tmp_path_factory.mktemp("existing")
+    with checkpoint.Checkpointer(str(wd / "checkpoints")) as ckpt:
+        ckpt.save(5, {"params": {"w": np.ones(3, np.float32)}}, {"step": 5}, force=True)
+        ckpt.wait()
+    (wd / "metrics.jsonl").write_text('{"step": 5, "kind": "train", "loss": 1.0}\n')
+    return wd
+
+
+LIB_ERRORS = {
+    "batch_not_divisible": (dict(batch_size=12, num_devices=0), ["batch_size=12", "8 devices", "8 or 16"]),
+    "unknown_dataset": (dict(dataset="no_such_dataset"), ["no_such_dataset", "vggjax_digits"]),
+    "dataset_not_prepared": (dict(dataset="cifar10", data_dir="<EMPTY>"), ["cifar10", "<EMPTY>", "tfds build cifar10"]),
+    "image_too_small": (dict(image_size=16), ["vgg11_bn", "at least 32x32", "16x16"]),
+    "unknown_model": (dict(model="vgg12"), ["'vgg12'", "vgg11_bn", "vgg16", "vgg19_bn"]),
+    "bad_freeze_type": (dict(freeze=3), ["config.freeze"]),
+    "bad_parallel": (dict(parallel="dp"), ["'dp'", "jit", "pmap"]),
+    "bad_nan_policy": (dict(nan_policy="ignore"), ["'ignore'", "skip", "stop"]),
+    "bad_batch_type": (dict(batch_size=2.5), ["config.batch_size", "2.5"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIB_ERRORS))
+def test_bad_config_is_one_line_error_and_writes_nothing(case, existing_workdir, tmp_path):
+    overrides, expected = LIB_ERRORS[case]
+    empty = str(tmp_path / "empty_data_dir")
+    os.makedirs(empty)
+    overrides = {k: (empty if v == "<EMPTY>" else v) for k, v in overrides.items()}
+    # A ConfigDict refuses a value of another type, so build one from a plain dict, as a
+    # library user's script could.
+    config = ml_collections.ConfigDict({**digits_config().to_dict(), **overrides})
+    before = snapshot(existing_workdir)
+    with pytest.raises(VggjaxError) as e:
+        train.train_and_evaluate(config, str(existing_workdir))
+    message = str(e.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part.replace("<EMPTY>", empty) in message, message
+    assert snapshot(existing_workdir) == before
+    assert os.listdir(empty) == []
+
+
+# --- the CLI -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cli_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def cli_env(devices: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+def cli(*args: str, devices: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vggjax.train", *args],
+        env=cli_env(devices), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def start_cli(*args: str, devices: int = 1) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vggjax.train", *args],
+        env=cli_env(devices), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finish(procs: dict[str, subprocess.Popen], timeout: int = 240) -> dict[str, tuple[int, str, str]]:
+    """Wait for every process (killing all of them on timeout); ``{name: (rc, stdout, stderr)}``."""
+    out = {}
+    try:
+        for name, p in procs.items():
+            stdout, stderr = p.communicate(timeout=timeout)
+            out[name] = (p.returncode, stdout, stderr)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out
+
+
+def our_stderr_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(FOREIGN)]
+
+
+def assert_one_line_error(rc: int, stderr: str, *parts: str) -> str:
+    lines = our_stderr_lines(stderr)
+    assert rc == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def train_records(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in recs if r["kind"] == "train"]
+
+
+# The default config, as small as it goes; a constant learning rate so that a run of 3
+# steps continued to 6 follows the same schedule as a run of 6 (a cosine schedule depends
+# on the total number of steps).
+E2E = [*TINY, "--config.log_every_steps=1", "--config.optim.schedule=constant", "--config.optim.warmup_epochs=0",
+       "--config.optim.learning_rate=0.02"]
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory, cli_cache):
+    wd = tmp_path_factory.mktemp("e2e") / "run"
+    r = cli(f"--workdir={wd}", "--config.num_train_steps=6", f"--config.compilation_cache={cli_cache}", *E2E)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return wd, r
+
+
+@pytest.mark.slow
+def test_cli_default_config_trains_end_to_end(e2e_run):
+    wd, r = e2e_run
+    recs = train_records(wd)
+    assert [x["step"] for x in recs] == [1, 2, 3, 4, 5, 6]
+    losses = [x["loss"] for x in recs]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    assert (wd / "curves.png").stat().st_size > 1000
+    assert os.listdir(wd / "tensorboard") and any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
+    assert os.listdir(wd / "checkpoints") == ["6"]
+    assert json.loads((wd / "config.json").read_text())["model"] == "vgg11_bn"
+    assert "test accuracy" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_resume_continues_exactly(e2e_run, tmp_path, cli_cache):
+    full, _ = e2e_run
+    wd = tmp_path / "run"
+    common = [f"--workdir={wd}", f"--config.compilation_cache={cli_cache}", *E2E]
+    r = cli("--config.num_train_steps=3", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(os.listdir(wd / "checkpoints")) == ["3"]
+    r = cli("--config.num_train_steps=6", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step 3" in r.stdout
+    resumed = train_records(wd)
+    assert [x["step"] for x in resumed] == [1, 2, 3, 4, 5, 6]
+    assert resumed == train_records(full)  # bit-identical: same programs, same data order
+
+
+CLI_ERRORS = {
+    # name: (args, devices, expected parts of the one error line)
+    "batch_not_divisible": (["--config.batch_size=3"], 2, ["batch_size=3", "2 devices", "2 or 4"]),
+    "unknown_key": (["--config.batch_sise=3"], 1, ["unknown config key 'config.batch_sise'", 'Did you mean "batch_size"']),
+    "unknown_nested_key": (["--config.optim.lr=3"], 1, ["unknown config key 'config.optim.lr'"]),
+    "wrong_type": (["--config.batch_size=abc"], 1, ["--config.batch_size=abc"]),
+    "dataset_not_prepared": (["--config.dataset=cifar10", "--config.data_dir=<EMPTY>"], 1, ["<EMPTY>", "tfds build cifar10"]),
+    "missing_config_file": (["--config=no/such/config.py"], 1, ["no/such/config.py"]),
+}
+# The other bad configs (unknown dataset or model, image too small, wrong types) raise in
+# train_and_evaluate like batch_not_divisible and are checked in-process above: the CLI
+# adds only the formatting, and each extra subprocess costs seconds of imports.
+
+
+@pytest.fixture(scope="module")
+def cli_error_runs(tmp_path_factory, existing_workdir):
+    """Every bad command line, run concurrently against the same existing workdir."""
+    empty = str(tmp_path_factory.mktemp("empty_data_dir"))
+    before = snapshot(existing_workdir)
+    procs = {}
+    for name, (args, devices, _) in CLI_ERRORS.items():
+        args = [a.replace("<EMPTY>", empty) for a in args]
+        procs[name] = start_cli(*args, f"--workdir={existing_workdir}", *TINY, devices=devices)
+    results = finish(procs)
+    return results, empty, before, snapshot(existing_workdir)
+
+
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_cli_bad_input_is_one_line_error(case, cli_error_runs):
+    results, empty, _, _ = cli_error_runs
+    rc, _, stderr = results[case]
+    expected = [p.replace("<EMPTY>", empty) for p in CLI_ERRORS[case][2]]
+    line = assert_one_line_error(rc, stderr, *expected)
+    assert line.startswith("error: ")
+
+
+def test_cli_bad_input_writes_nothing(cli_error_runs):
+    _, empty, before, after = cli_error_runs
+    assert after == before
+    assert os.listdir(empty) == []
+
