@@ -12,6 +12,10 @@ Every head records its intermediate activations in the ``feats`` dict it is give
 stable names (``fc6``, ``relu6``, ``score_map``, …); :func:`vggjax.summary` relies on this.
 Flatten order: NHWC flattens as (h, w, c); ``vggjax.convert`` permutes torchvision's
 (c, h, w)-ordered fc6 weights accordingly.
+
+A head built on its own has all-zero weights (layers are created with cheap zero
+initialisers): :class:`~vggjax.models.vgg.VGG` initialises its head; for a standalone head
+call ``vggjax.initializers.apply(head, "he_normal", rngs=nnx.Rngs(0))``.
 """
 
 from __future__ import annotations
