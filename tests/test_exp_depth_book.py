@@ -1,0 +1,101 @@
+"""The ``--quick`` modes of experiments/depth_init.py and experiments/book_nets.py.
+
+Each experiment is loaded from its file and its ``main`` run in-process (JAX already
+imported by the suite), writing into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", os.path.join(ROOT, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def depth_init(tmp_path_factory):
+    out = tmp_path_factory.mktemp("depth_init")
+    result = _load("depth_init").main(["--quick", "--out", str(out)])
+    return result, out
+
+
+@pytest.fixture(scope="module")
+def book_nets(tmp_path_factory):
+    out = tmp_path_factory.mktemp("book_nets")
+    result = _load("book_nets").main(["--quick", "--out", str(out)])
+    return result, out
+
+
+def test_depth_init_normal001_gradients_vanish_against_he(depth_init):
+    result, out = depth_init
+    grads = result["gradient_measurement"]
+    assert grads["width"] == 1.0  # full-width VGG-16: fan-ins as in the paper
+    g = grads["results"]["vgg16"]
+    small, he = g["normal(0.01)"]["grad_norm"], g["he_normal"]["grad_norm"]
+    assert len(small) == len(he) == 16  # 13 convs + fc6, fc7, fc8
+    assert all(math.isfinite(v) and v > 0 for v in small + he)
+    # The first conv's gradient under N(0, 0.01) is >= 100x smaller than under He ...
+    assert he[0] / small[0] >= 100
+    assert result["checks"]["vgg16_first_layer_grad_ratio_he_over_normal001"] == pytest.approx(he[0] / small[0])
+    # ... and so is every other layer's: the whole net is starved, not just the bottom.
+    assert all(h / s >= 100 for h, s in zip(he, small))
+    # N(0, 0.01) logits are ~0: the loss sits at ln 10.
+    assert g["normal(0.01)"]["loss"] == pytest.approx(math.log(10), abs=1e-3)
+
+
+def test_depth_init_writes_json_and_plots(depth_init):
+    result, out = depth_init
+    on_disk = json.load(open(out / "result.json"))
+    assert on_disk["experiment"] == "depth_init"
+    assert "vggjax_digits" in on_disk["data"]["dataset"]
+    assert on_disk["versions"]["jax"]
+    for name in on_disk["plots"]:
+        assert (out / name).stat().st_size > 1000
+
+
+def test_book_nets_l2_penalty_equals_weight_decay(book_nets):
+    result, out = book_nets
+    runs = {(r["momentum"], r["weight_decay_mode"]): r for r in result["l2_vs_weight_decay"]["runs"]}
+    assert result["l2_vs_weight_decay"]["lambda"] == 0.001
+    assert result["l2_vs_weight_decay"]["weight_decay"] == 0.002
+    # lambda * sum(w^2) in the loss == coupled weight_decay = 2 lambda, with and without momentum.
+    assert runs[(0.0, "coupled")]["max_abs_param_diff"] <= 1e-6
+    assert runs[(0.9, "coupled")]["max_abs_param_diff"] <= 1e-6
+    # The check can see a difference: the parameters moved, and decoupled decay (outside
+    # the momentum buffer) is not the same optimiser.
+    assert runs[(0.0, "coupled")]["max_abs_param_change_from_init"] > 1e-3
+    assert runs[(0.9, "decoupled")]["max_abs_param_diff"] > 1e-5
+
+
+def test_book_nets_param_counts(book_nets):
+    result, out = book_nets
+    c = result["param_counts"]
+    assert c["Net"] == 18090  # the book's count
+    assert c["one_ResBlock"] == 32 * 32 * 9 + 2 * 32  # conv without bias + BN weight/bias
+    for n in (10, 50, 100):
+        # nn.Sequential(*(n * [ResBlock(...)])) repeats ONE module: one block's parameters.
+        assert c[f"NetResDeep{n}_shared"] - c["NetResDeep_no_blocks"] == c["one_ResBlock"]
+        assert c[f"NetResDeep{n}"] - c["NetResDeep_no_blocks"] == n * c["one_ResBlock"]
+    assert all(v is True for k, v in result["checks"].items() if k.endswith(("18090", "one_block", "n_blocks")))
+
+
+def test_book_nets_trains_and_writes(book_nets):
+    result, out = book_nets
+    net = result["runs"]["Net"][0]
+    assert net["finite"] and net["params"] == 18090
+    assert len(net["grad_norms_at_step"]["1"]["grad_norm"]) == 4  # conv1, conv2, fc1, fc2
+    on_disk = json.load(open(out / "result.json"))
+    assert "vggjax_digits2" in on_disk["data"]
+    for name in on_disk["plots"]:
+        assert (out / name).stat().st_size > 1000
