@@ -116,23 +116,6 @@ def param_count(model) -> int:
     return int(sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def layer_order(model) -> list[str]:
-    """Kernel paths in execution order (``block12/conv/kernel`` after ``block2/conv/kernel``)."""
-    feats = diagnostics.feature_order(model, jax.ShapeDtypeStruct((BATCH, 32, 32, 3), jnp.float32))
-    paths = [p for p in diagnostics.layer_names(nnx.state(model, nnx.Param)) if p.endswith("/kernel")]
-
-    def rank(path: str) -> int:
-        parts = path.split("/")[:-1]
-        for k in range(len(parts)):
-            name = "_".join(parts[k:])
-            for i, f in enumerate(feats):
-                if f == name or f.startswith(name + "#"):
-                    return i
-        return len(feats)
-
-    return sorted(paths, key=rank)
-
-
 def stream_stats(metrics: dict, feats: list[str]) -> dict:
     """Forward statistics at step 1: each residual add's output (the stream) and fc1's input."""
     adds = [f for f in feats if "_add" in f]  # block{i}_add or block_add#{i}, in order
@@ -162,7 +145,7 @@ def train_net(name: str, build, seed: int, epochs: int, data, fast_compile: bool
     total = epochs * steps_per_epoch
     tx = optim.make_optimizer({"learning_rate": LR}, steps_per_epoch, total)
     graphdef, eval_graphdef, state = state_from_model(model, tx)
-    order = layer_order(model)
+    order = diagnostics.kernel_order(model, jax.ShapeDtypeStruct((BATCH, 32, 32, 3), jnp.float32))
     feats = diagnostics.feature_order(model, jax.ShapeDtypeStruct((BATCH, 32, 32, 3), jnp.float32))
     n_params = param_count(model)
     signal = {}

@@ -117,23 +117,6 @@ def versions() -> dict:
 # --------------------------------------------------------------------------- helpers
 
 
-def layer_order(model, x_shape) -> list[str]:
-    """Kernel paths (``features/conv1_1/kernel`` …) in execution order, from the model's feats order."""
-    feats = diagnostics.feature_order(model, jax.ShapeDtypeStruct(x_shape, jnp.float32))
-    paths = [p for p in diagnostics.layer_names(nnx.state(model, nnx.Param)) if p.endswith("/kernel")]
-
-    def rank(path: str) -> int:
-        parts = path.split("/")[:-1]
-        for k in range(len(parts)):
-            name = "_".join(parts[k:])
-            for i, f in enumerate(feats):
-                if f == name or f.startswith(name + "#"):
-                    return i
-        return len(feats)
-
-    return sorted(paths, key=rank)
-
-
 def kernel_grad_norms(metrics, order: list[str]) -> list[float]:
     stats = {k: v for k, v in metrics.items() if k.startswith("grad_norm/") and k.endswith("/kernel")}
     return [v for _, v in diagnostics.by_layer(stats, "grad_norm", leaves=True, order=order)]
@@ -181,7 +164,7 @@ def grads_at_init(archs_inits: list[tuple[str, str]], size: int, batch: int, hea
         t_init = time.perf_counter() - t0
         t0 = time.perf_counter()
         if arch not in compiled:
-            order = layer_order(model, x.shape)
+            order = diagnostics.kernel_order(model, jax.ShapeDtypeStruct(x.shape, jnp.float32))
             step = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True))
             compiled[arch] = (step.lower(state, b).compile(), order)
         step, order = compiled[arch]
@@ -246,7 +229,7 @@ def train_runs(archs: list[str], seeds: list[int], steps: int, args, data) -> di
                                    rngs=nnx.Rngs(params=seed, dropout=seed + 1))
                 graphdef, eval_graphdef, state = state_from_model(model, tx)
                 if step is None:
-                    order = layer_order(model, (args.batch,) + xtr.shape[1:])
+                    order = diagnostics.kernel_order(model, jax.ShapeDtypeStruct((args.batch,) + xtr.shape[1:], jnp.float32))
                     step = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True),
                                    donate_argnums=0)
                     evaluate = jax.jit(make_eval_step(eval_graphdef, "softmax_cross_entropy"))

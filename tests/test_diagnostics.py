@@ -218,3 +218,23 @@ def test_summarize_table(runs):
     assert len(row["conv1_1"].split()) == 7  # layer, grad norm, w mean/var, act mean/std, zero %
     assert "global grad norm" in lines[-1]
     assert D.summarize_table(healthy).splitlines()[4].split()[-1] == "0.0"  # relu1_1 alive
+
+
+def test_kernel_order_follows_execution():
+    model = vggjax.vgg11(num_classes=3, width=1 / 16, rngs=nnx.Rngs(0))
+    order = D.kernel_order(model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    convs = [f"features/conv{b}_{i}/kernel" for b, n in [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)] for i in range(1, n + 1)]
+    assert order == convs + [f"head/fc{i}/kernel" for i in (6, 7, 8)]
+
+
+def test_kernel_order_residual_blocks():
+    from vggjax.models.seed_nets import NetResDeep
+
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    # Eleven blocks: execution order, not pytree order (which puts block10 before block2).
+    blocks = [f"block{i}/conv/kernel" for i in range(1, 12)]
+    order = D.kernel_order(NetResDeep(n_blocks=11, rngs=nnx.Rngs(0)), x)
+    assert order == ["conv1/kernel"] + blocks + ["fc1/kernel", "fc2/kernel"]
+    # The book's shared block: one kernel, ranked at its first use.
+    shared = D.kernel_order(NetResDeep(n_blocks=3, shared_block=True, rngs=nnx.Rngs(0)), x)
+    assert shared == ["conv1/kernel", "block/conv/kernel", "fc1/kernel", "fc2/kernel"]

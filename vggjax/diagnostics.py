@@ -308,6 +308,29 @@ def feature_order(model: Any, x: Any) -> list[str]:
     return names
 
 
+def kernel_order(model: Any, x: Any) -> list[str]:
+    """Host-side: the paths of ``model``'s weight kernels (``".../kernel"``) in execution order.
+
+    ``x`` is an input array or ``jax.ShapeDtypeStruct`` of shape ``(N, H, W, C)``. Each
+    kernel is ranked by the first feats entry its layer writes (see :func:`feature_order`;
+    a shared module's entries ``name#k`` count from their first use); kernels that write no
+    feats entry go last. Use it to plot per-layer statistics against depth.
+    """
+    from flax import nnx
+
+    feats = feature_order(model, x)
+    first: dict[str, int] = {}
+    for i, f in enumerate(feats):
+        first.setdefault(f.split("#")[0], i)
+    paths = [p for p in layer_names(nnx.state(model, nnx.Param)) if p.endswith("/kernel")]
+
+    def rank(path: str) -> int:
+        feat = _feat_for(path.split("/")[:-1], first)
+        return first[feat] if feat is not None else len(feats)
+
+    return sorted(paths, key=rank)
+
+
 def to_python(stats: Mapping[str, Any]) -> dict[str, float]:
     """Host-side: fetch ``stats`` (device scalars) and return ``{key: float}`` in the same order.
 
