@@ -52,6 +52,7 @@ _T = TypeVar("_T")
 _STATE = "state"
 _META = "meta"
 _SHOW = 3  # how many offending paths an error message lists before "and N more"
+_TWINS = {"params": "frozen", "frozen": "params"}  # trainable vs frozen halves of the weights
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,8 @@ def restore_params_from(
         raise CheckpointError(f"--config.init_from={directory}: no such directory; point it at the --workdir of an earlier run")
     if step is None and (root / _STATE).is_dir() and root.name.isdigit():
         root, step = root.parent, int(root.name)
+    elif (root / "checkpoints").is_dir():  # a trainer workdir or a `vggjax.convert` output
+        root = root / "checkpoints"
     bound = _bind_abstract_shardings(target, mesh)
     with Checkpointer(root, read_only=True) as ckpt:
 
@@ -345,15 +348,20 @@ def restore_params_from(
             flat = _flat_with_paths(bound)
             take: dict[Path, Any] = {}
             skipped: list[str] = []
+            source: dict[Path, Path] = {}  # target path -> stored path
             for path, leaf in flat:
                 want = _stored_shape(leaf)
-                have = stored.get(path)
+                # A weight frozen in one run and trainable in the other is the same weight.
+                twin = _TWINS.get(path[0]) if path else None
+                src = path if path in stored or twin is None else (twin,) + path[1:]
+                have = stored.get(src)
                 if have is None:
                     skipped.append(f"{_name(path)}: not in checkpoint")
                 elif have != want:
                     skipped.append(f"{_name(path)}: checkpoint {have} vs model {want}")
                 else:
-                    take[path] = _as_abstract(leaf)
+                    take[src] = _as_abstract(leaf)
+                    source[path] = src
             if not take:
                 example = _name(flat[0][0]) if flat else "(empty target)"
                 raise CheckpointError(
@@ -372,7 +380,7 @@ def restore_params_from(
                     ),
                 )
             got = ocp.tree.to_flat_dict(restored)
-            leaves = [got[p] if p in take else leaf for p, leaf in _flat_with_paths(target)]
+            leaves = [got[source[p]] if p in source else leaf for p, leaf in _flat_with_paths(target)]
             return jax.tree_util.tree_structure(target).unflatten(leaves), skipped
 
         tree, skipped = ckpt._with_fallback(step, load)
