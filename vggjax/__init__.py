@@ -1,7 +1,9 @@
 """vggjax: VGG networks in JAX/Flax NNX.
 
 Public API: the builders (``vgg11`` … ``vgg19_bn``, ``build``), :class:`VGG` and its heads,
-the initializer registry, freezing, and :func:`summary`. Training code lives in
+the initializer registry, freezing, :func:`summary`, and (loaded on first use)
+``vggjax.convert`` (torchvision/Keras weights), ``vggjax.features`` (feature taps,
+perceptual loss) and ``vggjax.linen`` (Linen wrappers). Training code lives in
 ``vggjax.train`` and is not imported here.
 """
 
@@ -53,4 +55,9 @@ def __getattr__(name: str):
 
         module = importlib.import_module("vggjax.summary")
         return module if name == "summary" else getattr(module, name)
+    if name in ("convert", "features", "linen"):
+        # Lazy for the same reason (`python -m vggjax.convert`); `vggjax.linen` needs flax.linen.
+        import importlib
+
+        return importlib.import_module(f"vggjax.{name}")
     raise AttributeError(f"module 'vggjax' has no attribute {name!r}")
