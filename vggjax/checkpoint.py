@@ -15,8 +15,14 @@ What this adds to orbax:
   :class:`~vggjax.errors.CheckpointError` naming the mismatched parameters when the
   workdir belongs to another architecture or class count.
 * ``restore`` with no step falls back to the newest *readable* step when the latest
-  one is damaged (truncated or deleted array files), with a warning. Orbax itself never
-  lists uncommitted (half-written, ``*.orbax-checkpoint-tmp-*``) step directories.
+  one is damaged (truncated or deleted array files), with a warning; the skipped steps
+  are in :attr:`Checkpointer.damaged_steps`. Orbax itself never lists uncommitted
+  (half-written, ``*.orbax-checkpoint-tmp*``) step directories and deletes them on open.
+* A save that fails while writing (a full disk, a lost mount) raises a one-line
+  :class:`~vggjax.errors.CheckpointError` naming the step, the reason and the last
+  committed step. Old steps are only removed after the new one is committed, so the
+  previous checkpoint is still there (orbax's finalize thread stops at the failed write
+  before its garbage collection; a test in ``tests/test_reliability.py`` holds it to that).
 * :func:`restore_params_from` loads only matching parameters from another run (used by
   ``--config.init_from``), keeping layers whose shape changed (a new classifier head)
   at their fresh initialisation.
@@ -43,7 +49,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 from vggjax.errors import CheckpointError
 
-__all__ = ["Checkpointer", "restore_params_from"]
+__all__ = ["Checkpointer", "locate_init_from", "restore_params_from"]
 
 PyTree = Any
 Path = tuple[str, ...]
@@ -109,6 +115,10 @@ class Checkpointer:
         # Steps newer than the one `restore` fell back to that could not be read; they are
         # deleted on the next save so the run can write those step numbers again.
         self._unreadable: set[int] = set()
+        # Newer steps the last `restore` skipped because they could not be read.
+        self.damaged_steps: list[int] = []
+        self._writing: int | None = None  # the step an async save is writing
+        self._write_failed = False  # a failed write was reported; close() must not raise it again
         options = ocp.CheckpointManagerOptions(
             # The non-deprecated spellings of save_interval_steps / max_to_keep.
             save_decision_policy=ocm.AnySavePolicy(
@@ -143,6 +153,11 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         """The newest committed step, or None for an empty directory (a fresh run)."""
         return self._mngr.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        """True when :meth:`save` at ``step`` (without ``force``) would write: on the interval or at a preemption point."""
+        latest = self.latest_step()
+        return (latest is None or step > latest) and self._mngr.should_save(step)
 
     def reached_preemption(self, step: int) -> bool:
         """True when the job is being preempted: save now (it will be written) and exit."""
@@ -191,7 +206,29 @@ class Checkpointer:
             **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
         )
         # should_save was decided above (force skips it), so let orbax write unconditionally.
-        return self._mngr.save(step, args=args, force=True)
+        # Orbax first waits for the previous async save, whose write error surfaces here.
+        try:
+            started = self._mngr.save(step, args=args, force=True)
+        except Exception as e:  # noqa: BLE001 - tensorstore/OS errors come in many types
+            raise self._write_error(self._writing if self._writing is not None else step, e) from e
+        self._writing = step if started else self._writing
+        return started
+
+    def _write_error(self, step: int, e: BaseException) -> CheckpointError:
+        """The one-line error for a failed write of ``step`` (the previous steps are intact)."""
+        self._writing = None
+        self._write_failed = True
+        try:
+            self._mngr.reload()  # forget the step that never got committed
+        except Exception:  # noqa: BLE001 - best effort: the message matters more
+            pass
+        committed = [s for s in self._mngr.all_steps() if s != step]
+        last = f"the last committed checkpoint, step {max(committed)}, is intact" if committed else "no earlier checkpoint exists"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        return CheckpointError(
+            f"could not write checkpoint step {step} to {self.directory}: {reason}; {last}: "
+            "free disk space (or fix the directory) and rerun the same command to resume"
+        )
 
     def _drop_unreadable_steps(self) -> None:
         if not self._unreadable:
@@ -203,13 +240,30 @@ class Checkpointer:
         self._unreadable.clear()
 
     def wait(self) -> None:
-        """Block until every started save is committed to disk (re-raises its error)."""
-        self._mngr.wait_until_finished()
-        self._mngr.check_for_errors()
+        """Block until every started save is committed to disk.
+
+        Raises CheckpointError (one line: step, reason, last committed step) when the
+        background write failed, e.g. ``[Errno 28] No space left on device``.
+        """
+        try:
+            self._mngr.wait_until_finished()
+            self._mngr.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            if self._writing is None:
+                raise
+            raise self._write_error(self._writing, e) from e
+        self._writing = None
 
     def close(self) -> None:
-        """Wait for pending saves and release orbax's background resources."""
-        self._mngr.close()
+        """Wait for pending saves and release orbax's background resources (a failed write raises as in :meth:`wait`)."""
+        try:
+            self._mngr.close()
+        except Exception as e:  # noqa: BLE001
+            if self._writing is not None:
+                raise self._write_error(self._writing, e) from e
+            if not self._write_failed:
+                raise
+        self._writing = None
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -285,6 +339,7 @@ class Checkpointer:
             )
         failed: list[int] = []
         last_error: Exception | None = None
+        self.damaged_steps = []
         for s in steps:
             try:
                 result = load(s)
@@ -304,6 +359,7 @@ class Checkpointer:
                     s, self.directory, ", ".join(map(str, failed)),
                 )
                 self._unreadable.update(failed)
+                self.damaged_steps = failed
             return result
         raise CheckpointError(
             f"no readable checkpoint in {self.directory} (tried steps {', '.join(map(str, failed))}; "
@@ -312,6 +368,32 @@ class Checkpointer:
 
 
 # --------------------------------------------------------------------- init_from
+
+
+def locate_init_from(directory: str | os.PathLike) -> tuple[epath.Path, int | None]:
+    """``(checkpoint directory, step or None)`` for an ``init_from`` path, or a one-line CheckpointError.
+
+    Accepts a trainer workdir (its ``checkpoints/``), a checkpoint directory, or one step
+    directory of it. Only looks at directory names (cheap: the trainer calls it before
+    building anything, so a wrong path fails at once).
+    """
+    root = _abs_path(directory)
+    if not root.exists():
+        raise CheckpointError(f"--config.init_from={directory}: no such directory; point it at the --workdir of an earlier run")
+    if not root.is_dir():
+        raise CheckpointError(
+            f"--config.init_from={directory} is a file, not a vggjax run directory; point it at the --workdir of an "
+            "earlier run (PyTorch or Keras weights: convert them with vggjax.convert first)"
+        )
+    if (root / _STATE).is_dir() and root.name.isdigit():
+        return root.parent, int(root.name)
+    if (root / "checkpoints").is_dir():  # a trainer workdir or a `vggjax.convert` output
+        return root / "checkpoints", None
+    if not any(p.name.isdigit() for p in root.iterdir()):
+        raise CheckpointError(
+            f"--config.init_from={directory} holds no vggjax checkpoint (no checkpoints/ folder); point it at the --workdir of an earlier run"
+        )
+    return root, None
 
 
 def restore_params_from(
@@ -333,13 +415,8 @@ def restore_params_from(
     ``"path: not in checkpoint"`` for leaves kept at their fresh value (a new head).
     Raises CheckpointError if nothing matches or no step can be read.
     """
-    root = _abs_path(directory)
-    if not root.exists():
-        raise CheckpointError(f"--config.init_from={directory}: no such directory; point it at the --workdir of an earlier run")
-    if step is None and (root / _STATE).is_dir() and root.name.isdigit():
-        root, step = root.parent, int(root.name)
-    elif (root / "checkpoints").is_dir():  # a trainer workdir or a `vggjax.convert` output
-        root = root / "checkpoints"
+    root, found_step = locate_init_from(directory)
+    step = found_step if step is None else step
     bound = _bind_abstract_shardings(target, mesh)
     with Checkpointer(root, read_only=True) as ckpt:
 

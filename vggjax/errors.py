@@ -24,6 +24,10 @@ class DataError(VggjaxError):
     """A dataset is unknown, not prepared, or cannot be read."""
 
 
+class WorkdirError(VggjaxError):
+    """The run directory cannot be created or written, or its disk is full."""
+
+
 class CheckpointError(VggjaxError):
     """A checkpoint is missing, corrupt, or belongs to another model."""
 

@@ -27,9 +27,12 @@ import datetime
 import functools
 import json
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -40,7 +43,7 @@ import optax
 from flax import nnx
 
 from vggjax import losses, optim, parallel
-from vggjax.errors import ConfigError, VggjaxError, one_of
+from vggjax.errors import ConfigError, VggjaxError, WorkdirError, one_of
 from vggjax.freeze import Frozen, freeze
 
 Batch = dict[str, jax.Array]
@@ -109,12 +112,16 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, in_channel
     if name in ARCHS:
         if "head_options" in options and options["head_options"] is not None:
             options["head_options"] = dict(options["head_options"])
+        from vggjax.models.vgg import VGG
+
+        _check_options(config, options, VGG.__init__)
         model = build(name, num_classes=num_classes, in_channels=in_channels, dtype=dtype, rngs=rngs, **options)
     else:
         from vggjax.models.seed_nets import SEED_NETS
 
         if name not in SEED_NETS:
             raise one_of("model", name, model_names())
+        _check_options(config, options, SEED_NETS[name])
         model = SEED_NETS[name](num_classes=num_classes, rngs=rngs, **options)
     globs = config.get("freeze", ()) or ()
     if isinstance(globs, str):
@@ -127,8 +134,24 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, in_channel
     return model
 
 
-def _kwargs_error(e: TypeError, config) -> ConfigError:
-    return ConfigError(f"bad model_options for model {config.model!r}: {e}")
+def _check_options(config, options: Mapping[str, Any], fn: Callable) -> None:
+    """Raise ConfigError for a ``model_options`` key that ``fn`` (the model's constructor) does not take."""
+    import difflib
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    # Set by the trainer itself, not by model_options.
+    valid = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL and k not in ("self", "cfg", "num_classes", "in_channels", "dtype", "rngs", "name", "batch_norm"))
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown model_options key {key!r} for model {config.model!r}; {hint}valid: {', '.join(valid)}")
 
 
 # --- steps -----------------------------------------------------------------------------
@@ -143,6 +166,48 @@ def loss_and_metrics(loss_name: str, logits: jax.Array, batch: Batch) -> tuple[j
     else:
         acc = losses.accuracy(logits, batch["label"], mask=mask)
     return loss, {"loss": loss, "accuracy": acc}
+
+
+def forward_order(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, ...]) -> list[int]:
+    """Indices of the leaves of ``state.params`` in the order the forward pass first reads them.
+
+    ``jax.tree.leaves(state.params)`` is sorted by name (``bn1_1`` before ``conv1_1``,
+    ``features`` before ``head``); error messages want the network's own order ("the
+    first layer whose gradient is NaN"). Traced abstractly (no compilation): the first
+    equation of the forward jaxpr that consumes each leaf decides, ties by name.
+    """
+    leaves, treedef = jax.tree.flatten(state.params)
+    abstract = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)  # noqa: E731
+
+    def fwd(param_leaves, rest):
+        return merge(graphdef, rest.replace(params=jax.tree.unflatten(treedef, param_leaves)))(jnp.zeros(image_shape, jnp.float32))
+
+    jaxpr = jax.make_jaxpr(fwd)(abstract(leaves), abstract(state.replace(params=None))).jaxpr
+    position = {id(v): i for i, v in enumerate(jaxpr.invars[: len(leaves)])}
+    first = {}
+    for n, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            i = position.get(id(v))
+            if i is not None and i not in first:
+                first[i] = n
+    return sorted(range(len(leaves)), key=lambda i: (first.get(i, len(jaxpr.eqns)), i))
+
+
+def leaf_names(tree: Any) -> list[str]:
+    """``features.conv1_1.kernel``-style names of the leaves of ``tree`` (NNX's trailing ``value`` dropped)."""
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        names.append(".".join(keys[:-1] if len(keys) > 1 and keys[-1] == "value" else keys))
+    return names
+
+
+def _first_nonfinite(leaves: list[jax.Array], order: list[int]) -> jax.Array:
+    """Position in ``order`` of the first leaf holding a NaN/inf, or -1 (an int32 scalar)."""
+    if not leaves:
+        return jnp.array(-1, jnp.int32)
+    ok = jnp.stack([jnp.all(jnp.isfinite(leaves[i])) for i in order])
+    return jnp.where(jnp.all(ok), -1, jnp.argmin(ok)).astype(jnp.int32)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -169,7 +234,9 @@ def make_train_step(
     ``with_diagnostics`` adds per-layer statistics (:mod:`vggjax.diagnostics`);
     ``skip_nonfinite`` keeps the old state when the loss, a gradient, a new weight or a
     new BatchNorm statistic is NaN/inf.
-    Metrics are scalars: loss, accuracy, grad_norm, lr, finite (1.0 or 0.0).
+    Metrics are scalars: loss, accuracy, grad_norm, lr, finite (1.0 or 0.0), and
+    ``nonfinite_grad`` / ``nonfinite_param``: the position, in :func:`forward_order`, of
+    the first parameter whose gradient / updated value is NaN or inf (-1: none).
     """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -192,11 +259,16 @@ def make_train_step(
         # The new weights and BatchNorm statistics too: with an absurd learning rate a
         # finite gradient still overflows the update (lr 1e38 x grad 10 = inf weights).
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & _all_finite((params, batch_stats))
+        # Static: which parameter the network reads first (traced once, at compile time).
+        order = forward_order(graphdef, state, batch["image"].shape)
+        bad_grad = _first_nonfinite(jax.tree.leaves(grads), order)
+        bad_param = _first_nonfinite(jax.tree.leaves(params), order)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, rngs=rngs, opt_state=opt_state)
         if skip_nonfinite:
             # Keep the previous weights, statistics and optimizer state; count the step.
             new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state.replace(step=state.step + 1))
-        metrics = {**metrics, "grad_norm": grad_norm, "lr": optim.current_lr(opt_state), "finite": finite.astype(jnp.float32)}
+        metrics = {**metrics, "grad_norm": grad_norm, "lr": optim.current_lr(opt_state), "finite": finite.astype(jnp.float32),
+                   "nonfinite_grad": bad_grad, "nonfinite_param": bad_param}
         if with_diagnostics:
             from vggjax import diagnostics
 
@@ -269,11 +341,51 @@ def state_from_model(model: nnx.Module, tx: optax.GradientTransformation) -> tup
     return graphdef, eval_graphdef, TrainState(jnp.zeros((), jnp.int32), params, frozen, batch_stats, rngs, tx.init(params))
 
 
+def _unknown_keys(config: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "config") -> list[tuple[str, str | None]]:
+    """``[(dotted key, closest known key or None)]`` for keys of ``config`` that ``known`` lacks."""
+    import difflib
+
+    out = []
+    for key in config.keys():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known.keys()), n=1, cutoff=0.6)
+            out.append((f"{prefix}.{key}", f"{prefix}.{close[0]}" if close else None))
+    return out
+
+
+def _check_keys(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError for a key the trainer never reads (a typo in a config file is otherwise silently ignored)."""
+    from vggjax.configs import default
+
+    known = default.get_config()
+    bad = _unknown_keys(config, known)
+    for section in ("optim", "diagnostics"):
+        sub = config.get(section)
+        if bad or not hasattr(sub, "keys"):
+            continue
+        bad = _unknown_keys(sub, known[section] if section != "optim" else optim.DEFAULTS, f"config.{section}")
+    if bad:
+        key, close = bad[0]
+        hint = f"did you mean {close!r}?" if close else "see vggjax/configs/default.py for the valid keys"
+        raise ConfigError(f"unknown config key {key!r} in the config file; {hint}")
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
+    _check_keys(config)
     for key in ("batch_size", "num_epochs", "log_every_steps"):
         value = config.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (key == "batch_size" and value == 0):
             raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
+    # Integers where 0 means "the default"; a negative one is always a mistake.
+    for key, minimum in (("num_train_steps", 0), ("checkpoint_every_steps", 0), ("keep_checkpoints", 1), ("eval_batch_size", 0),
+                         ("image_size", 0), ("num_classes", 0), ("channels", 0), ("num_devices", 0), ("seed", None)):
+        value = config.get(key, 0 if minimum is None else minimum)
+        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+            what = "an integer" if minimum is None else f"an integer >= {minimum}" + (" (0 = automatic)" if minimum == 0 else "")
+            raise ConfigError(f"config.{key} must be {what}, got {value!r}")
+    every = config.get("eval_every_epochs", 1.0)
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise ConfigError(f"config.eval_every_epochs must be a number > 0 (e.g. 0.5 = twice per epoch), got {every!r}")
     if config.parallel not in ("jit", "pmap"):
         raise one_of("parallel mode", config.parallel, ("jit", "pmap"))
     if config.get("nan_policy", "stop") not in ("stop", "skip"):
@@ -371,10 +483,133 @@ def evaluate(runner: _Runner, state, eval_batches) -> dict[str, float]:
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "examples": int(totals["count"])}
 
 
+def _nbytes(tree: Any) -> int:
+    """Bytes of all array leaves of ``tree`` (concrete or ``ShapeDtypeStruct``): one checkpoint's size."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        dtype = x.dtype
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            total += 8 * int(np.prod(x.shape))  # stored as its key data (2 x uint32)
+        else:
+            total += int(np.prod(x.shape)) * np.dtype(dtype).itemsize
+    return total
+
+
+def check_workdir(workdir: str, checkpoint_bytes: int = 0) -> None:
+    """Create ``workdir`` and prove it is writable and has room for a checkpoint, or raise WorkdirError.
+
+    Writes and removes a small probe file (permissions, read-only mounts, a path under a
+    regular file all fail here) and compares the free space with ``checkpoint_bytes``
+    plus 10% and 16 MiB for metrics. Remote paths (``gs://...``) are left to orbax.
+    """
+    if "://" in workdir:
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".vggjax-write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(
+            f"cannot write to --workdir={workdir}: {e.strerror or e}; pick a directory you can write to"
+        ) from None
+    need = int(checkpoint_bytes * 1.1) + (16 << 20)
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise WorkdirError(
+            f"not enough disk space in --workdir={workdir}: {free / 2**20:.0f} MiB free, a checkpoint needs about "
+            f"{need / 2**20:.0f} MiB; free some space or pick another --workdir"
+        )
+
+
+def rewind_metrics(path: str, step: int) -> int:
+    """Drop the records after ``step`` (and ``summary`` records) from ``metrics.jsonl``; returns how many.
+
+    A run killed after its last checkpoint logged steps that the resumed run trains
+    again; without this the file would hold them twice. A half-written last line (the
+    kill came mid-write) is dropped too. The file is replaced atomically.
+    """
+    if not os.path.exists(path):
+        return 0
+    keep, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                ok = line.endswith("\n") and rec.get("kind") != "summary" and int(rec["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                keep.append(line)
+            elif line.strip():
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return dropped
+
+
+def describe_nonfinite(step: int, metrics: Mapping[str, Any], names: list[str]) -> str:
+    """``"step N: loss nan, first non-finite gradient in features.conv1_1.kernel (lr 0.1)"`` for a bad step's host metrics.
+
+    ``names`` are the parameter names in forward order (what ``nonfinite_grad`` and
+    ``nonfinite_param`` index).
+    """
+    loss = float(metrics["loss"])
+    g, p = int(metrics.get("nonfinite_grad", -1)), int(metrics.get("nonfinite_param", -1))
+    name = lambda i: names[i] if 0 <= i < len(names) else f"parameter #{i}"  # noqa: E731
+    parts = [f"loss {loss:.4g}"] if not np.isfinite(loss) else []
+    if g >= 0:
+        parts.append(f"first non-finite gradient in {name(g)}")
+    elif p >= 0:
+        parts.append(f"gradients finite but the update made {name(p)} non-finite")
+    elif np.isfinite(loss):
+        parts.append("non-finite BatchNorm statistics")
+    return f"step {step}: {', '.join(parts)} (lr {float(metrics['lr']):.3g})"
+
+
+class Preemption:
+    """Turns SIGTERM (what Cloud TPU, Kubernetes and Slurm send before taking the machine) into a flag.
+
+    Inside the ``with`` block the first SIGTERM sets :attr:`requested`; the train loop
+    then finishes the step in flight, writes a checkpoint, waits for it and returns. A
+    second SIGTERM gets the previous handler (the default one terminates at once). Only
+    installed in the main thread of a single-process job: with several processes, JAX's
+    own preemption notifier (``ckpt.reached_preemption``) agrees on a common step instead.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reason = ""
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.reason = signal.Signals(signum).name
+        signal.signal(signum, self._previous)
+
+    def __enter__(self) -> "Preemption":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGTERM, self._previous)
+        self._previous = None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluate.
 
-    Returns the final evaluation metrics plus ``steps``, ``seconds`` and ``workdir``.
+    Returns the final evaluation metrics plus ``steps``, ``seconds`` and ``workdir``; or,
+    when SIGTERM arrived (preemption), ``{"preempted": True, "steps": N, "workdir": ...}``
+    after step N was checkpointed (rerunning resumes there). Crash-safety: metrics.jsonl
+    records after the restored step are dropped on resume, a damaged latest checkpoint is
+    skipped with a warning, and no checkpoint of non-finite values is ever written.
     """
     from vggjax import checkpoint, data, metrics as metrics_lib
 
@@ -401,21 +636,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     graphdef, eval_graphdef, make_state = init_state(config, num_classes, in_channels, tx)
     image_size = config.get("image_size", 0) or info.image_size
     # Fail before any compilation, checkpoint or data work if the model cannot take the images.
+    abstract_state = jax.eval_shape(make_state)
     jax.eval_shape(lambda: merge(eval_graphdef, make_state())(jnp.zeros((1, image_size, image_size, in_channels))))
+    if config.get("init_from") and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        checkpoint.locate_init_from(config.init_from)  # a wrong path fails before anything is built
+    # Last of the checks: a workdir we cannot write to (or a full disk) fails now, not
+    # after the first checkpoint interval's worth of training.
+    check_workdir(workdir, checkpoint_bytes=_nbytes(abstract_state))
     state = jax.jit(make_state)()
 
-    os.makedirs(workdir, exist_ok=True)
     ckpt = checkpoint.Checkpointer(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
         max_to_keep=config.get("keep_checkpoints", 3),
         save_interval_steps=max(1, config.get("checkpoint_every_steps", 0) or total_steps),
     )
+
+    @functools.cache
+    def forward_names() -> list[str]:
+        # Parameter names in the order the network uses them (only needed for a NaN report).
+        names = leaf_names(abstract_state.params)
+        return [names[i] for i in forward_order(graphdef, abstract_state, (1, image_size, image_size, in_channels))]
+
     writer = None
+    failed = False
     try:
         start = 0
         if ckpt.latest_step() is not None:
             state, _ = ckpt.restore(state)
             start = int(state.step)
+            if ckpt.damaged_steps:
+                print(
+                    f"warning: checkpoint step(s) {', '.join(map(str, ckpt.damaged_steps))} in {ckpt.directory} could not be read "
+                    f"(truncated or half-written); resuming from step {start}, the newest good one",
+                    file=sys.stderr,
+                )
         elif config.get("init_from"):
             target = {"params": state.params, "frozen": state.frozen, "batch_stats": state.batch_stats}
             loaded, skipped = checkpoint.restore_params_from(config.init_from, target)
@@ -440,6 +694,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             channels=in_channels,
             classes=classes,
         )
+        if start and jax.process_index() == 0:
+            # A killed run may have logged steps after its last checkpoint: they are
+            # trained again now, so drop them (and a finished run's summary) first.
+            rewind_metrics(os.path.join(workdir, "metrics.jsonl"), start)
         writer = metrics_lib.MetricsWriter(workdir, total_steps, progress=config.get("progress", True), start_step=start)
         if start:
             writer.log(f"resumed from step {start} in {workdir}")
@@ -448,46 +706,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f.write(config.to_json_best_effort(indent=2))
         log_every = max(1, config.log_every_steps)
         eval_every = max(1, int(config.get("eval_every_epochs", 1) * steps_per_epoch))
+        nan_stop = config.get("nan_policy", "stop") == "stop"
         meter = metrics_lib.Throughput()
         t0 = time.perf_counter()
-        pending: list[Any] = []
+        pending: list[tuple[int, Any]] = []  # (step, device metrics) since the last record
+        fetched: dict[int, Any] = {}  # host copies of pending metrics already checked
+        skipped: list[int] = []
         last_eval: dict[str, float] = {}
-        batches = parallel.prefetch((runner.put_batch(b) for b in train_iter), lambda b: b, size=2)
-        for step in range(start + 1, total_steps + 1):
-            b = next(batches)
-            use_diag = diag_runner is not None and step % diag_every == 0
-            state, m = (diag_runner if use_diag else runner).train_step(state, b)
-            pending.append(m)
-            if step % log_every == 0 or step == total_steps or use_diag:
-                host = [runner.fetch(x) for x in pending]
-                pending = []
-                for i, m_host in enumerate(host):
-                    if float(m_host["finite"]) == 0.0 and config.get("nan_policy", "stop") == "stop":
-                        # pending holds the steps since the last fetch, in order.
-                        raise VggjaxError(
-                            f"non-finite loss, gradient or weights at step {step - len(host) + 1 + i} (lr {float(m_host['lr']):.3g}); "
-                            "lower optim.learning_rate, enable optim.grad_clip_norm, or set nan_policy=skip"
-                        )
-                last = host[-1]
-                rate = meter.lap(len(host) * batch)
-                record = {k: float(v) for k, v in last.items() if not k.startswith(("grad_norm/", "weight_", "act_", "dead_", "zero_"))}
-                record["images_per_sec"] = rate
-                writer.write(step, "train", record)
-                if use_diag:
-                    from vggjax import diagnostics
+        preempted_at = None
 
-                    writer.write(step, "diag", diagnostics.to_python({k: v for k, v in last.items() if "/" in k}))
-                writer.progress(step, {"loss": record["loss"], "acc": record["accuracy"], "img/s": round(rate)})
-            if step % eval_every == 0 or step == total_steps:
-                last_eval = evaluate(runner, state, eval_batches)
-                writer.write(step, "eval", last_eval)
-                writer.log(f"step {step}/{total_steps}: eval loss {last_eval['loss']:.4f}, accuracy {last_eval['accuracy']:.4f}")
-                if config.optim.get("schedule") == "plateau":
-                    host_state = runner.to_host_state(state)
-                    host_state = host_state.replace(opt_state=optim.plateau_update(host_state.opt_state, last_eval["accuracy"], config.optim))
-                    state = runner.from_host_state(host_state)
-            if ckpt.save(step, runner.to_host_state(state), {"step": step, "model": config.model}, force=step == total_steps):
-                pass
+        def fetch_checked() -> list[Any]:
+            """Host metrics of the pending steps; a non-finite step stops the run or is reported as skipped."""
+            for s_, m_ in pending:
+                if s_ in fetched:
+                    continue
+                fetched[s_] = m_host = runner.fetch(m_)
+                if float(m_host["finite"]) == 0.0:
+                    what = describe_nonfinite(s_, m_host, forward_names())
+                    if nan_stop:
+                        raise VggjaxError(
+                            f"non-finite loss, gradient or weights at {what}; lower optim.learning_rate, "
+                            "enable optim.grad_clip_norm, or set nan_policy=skip"
+                        )
+                    skipped.append(s_)
+                    if len(skipped) <= 3:
+                        more = "; later skipped steps are only counted (finite=0 in metrics.jsonl)" if len(skipped) == 3 else ""
+                        print(f"warning: skipped {what}: the step's update was discarded{more}", file=sys.stderr)
+            return [fetched[s_] for s_, _ in pending]
+
+        batches = parallel.prefetch((runner.put_batch(b) for b in train_iter), lambda b: b, size=2)
+        multi_host = jax.process_count() > 1
+        with Preemption() as preemption:
+            for step in range(start + 1, total_steps + 1):
+                b = next(batches)
+                use_diag = diag_runner is not None and step % diag_every == 0
+                state, m = (diag_runner if use_diag else runner).train_step(state, b)
+                pending.append((step, m))
+                # SIGTERM on this host, or (multi-host) JAX's preemption notice agreed on by all hosts.
+                stop = preemption.requested or (multi_host and ckpt.reached_preemption(step))
+                if step % log_every == 0 or step == total_steps or use_diag:
+                    host = fetch_checked()
+                    pending, fetched = [], {}
+                    last = host[-1]
+                    rate = meter.lap(len(host) * batch)
+                    record = {k: float(v) for k, v in last.items() if not k.startswith(("grad_norm/", "weight_", "act_", "dead_", "zero_", "nonfinite_"))}
+                    record["images_per_sec"] = rate
+                    writer.write(step, "train", record)
+                    if use_diag:
+                        from vggjax import diagnostics
+
+                        writer.write(step, "diag", diagnostics.to_python({k: v for k, v in last.items() if "/" in k}))
+                    writer.progress(step, {"loss": record["loss"], "acc": record["accuracy"], "img/s": round(rate)})
+                elif stop or ckpt.should_save(step):
+                    # A checkpoint is about to be written: its steps must pass the NaN check
+                    # first (the record itself still waits for the next logging step).
+                    fetch_checked()
+                if not stop and (step % eval_every == 0 or step == total_steps):
+                    last_eval = evaluate(runner, state, eval_batches)
+                    writer.write(step, "eval", last_eval)
+                    writer.log(f"step {step}/{total_steps}: eval loss {last_eval['loss']:.4f}, accuracy {last_eval['accuracy']:.4f}")
+                    if config.optim.get("schedule") == "plateau":
+                        host_state = runner.to_host_state(state)
+                        host_state = host_state.replace(opt_state=optim.plateau_update(host_state.opt_state, last_eval["accuracy"], config.optim))
+                        state = runner.from_host_state(host_state)
+                ckpt.save(step, runner.to_host_state(state), {"step": step, "model": config.model}, force=step == total_steps or stop)
+                if stop:
+                    preempted_at = step
+                    break
+        if skipped:
+            writer.log(f"skipped {len(skipped)} step(s) with non-finite values (nan_policy=skip): first {skipped[0]}, last {skipped[-1]}")
+        if preempted_at is not None:
+            ckpt.wait()  # the checkpoint must be on disk before the scheduler takes the machine
+            writer.log(
+                f"preempted ({preemption.reason}) at step {preempted_at}/{total_steps}: checkpoint saved in "
+                f"{ckpt.directory}/{preempted_at}; rerun the same command to resume"
+            )
+            return {"preempted": True, "steps": preempted_at, "workdir": workdir}
         ckpt.wait()
         seconds = time.perf_counter() - t0
         if not last_eval:
@@ -502,10 +796,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"in {seconds:.0f} s; results in {workdir}"
         )
         return summary
+    except BaseException:
+        failed = True
+        raise
     finally:
         if writer is not None:
             writer.close()
-        ckpt.close()
+        try:
+            ckpt.close()
+        except VggjaxError:
+            if not failed:  # a failed final write is the error to report; never mask an earlier one
+                raise
 
 
 # --- CLI -------------------------------------------------------------------------------
@@ -538,11 +839,34 @@ def main(argv: list[str]) -> None:
     config_path = flags.FLAGS["config"].config_filename if hasattr(flags.FLAGS["config"], "config_filename") else "default"
     name = os.path.splitext(os.path.basename(str(config_path)))[0] or "default"
     workdir = FLAGS.workdir or default_workdir(name)
+    _quiet_orbax_errors()
     try:
-        train_and_evaluate(config, workdir)
+        summary = train_and_evaluate(config, workdir)
     except VggjaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _cli_error(str(e))
+    if summary.get("preempted"):
+        sys.exit(PREEMPTED_EXIT_CODE)
+
+
+# 128 + SIGTERM, what a shell reports for a process SIGTERM ended: schedulers that requeue
+# preempted jobs see "not finished", and `python -m vggjax.train && next` stops here.
+PREEMPTED_EXIT_CODE = 143
+
+
+class _DropOrbaxErrors:
+    """Logging filter: orbax logs a failed background write as ERROR with a traceback;
+    the trainer reports the same failure as its one-line error, so drop orbax's copy."""
+
+    def filter(self, record) -> bool:
+        return not (record.levelno >= 30 and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _quiet_orbax_errors() -> None:
+    import logging as std_logging
+
+    for name in ("absl", ""):
+        for handler in std_logging.getLogger(name).handlers:
+            handler.addFilter(_DropOrbaxErrors())
 
 
 def _cli_error(message: str) -> None:
