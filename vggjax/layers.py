@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vggjax import conv as conv_lib
 from vggjax.errors import ShapeError
 
 Array = jax.Array
@@ -69,6 +70,50 @@ def adaptive_avg_pool(x: Array, output_size: int | tuple[int, int]) -> Array:
     return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw, precision=jax.lax.Precision.HIGHEST)
 
 
+def pooled_linear_fold(in_hw: tuple[int, int], pool_size: tuple[int, int], batch: int) -> bool:
+    """Whether :func:`pooled_linear` folds the pooling into the weights (a static choice).
+
+    Folding costs one pass over the weights (``oh·h·ow + h·ow·w`` multiply-adds per
+    ``C·K`` column, separable) plus a matmul of the unpooled input; the direct route is a
+    matmul of the pooled input, ``batch·oh·ow·C·K``. Folding wins when the pooling
+    *upsamples* — VGG's 1×1 map at 32×32 pooled to 7×7, where 48 of 49 fc6 rows see the
+    same pixel — and never when it shrinks the map.
+    """
+    (h, w), (oh, ow) = in_hw, pool_size
+    if h * w >= oh * ow:
+        return False
+    fold = (oh * h * ow + h * ow * w) + batch * h * w
+    return fold < batch * oh * ow
+
+
+def pooled_linear(
+    x: Array, pool_size: int | tuple[int, int], kernel: Array, bias: Array | None, *, precision=None
+) -> Array:
+    """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias``, computed the cheaper way.
+
+    ``x``: ``(N, h, w, C)``; ``kernel``: ``(oh·ow·C, K)`` in (h, w, c) flatten order (an
+    ``nnx.Linear`` after torchvision's ``AdaptiveAvgPool2d``); returns ``(N, K)``. When
+    the pooling upsamples (:func:`pooled_linear_fold`), the averaging matrices are applied
+    to the kernel instead of the input — ``(oh·ow·C, K) → (h·w·C, K)`` — which is the same
+    linear map (up to float summation order) at a fraction of the FLOPs: at 32×32 input
+    VGG's fc6 becomes a ``512 × 4096`` matmul instead of ``25088 × 4096``.
+    """
+    oh, ow = (pool_size, pool_size) if isinstance(pool_size, int) else pool_size
+    n, h, w, c = x.shape
+    if pooled_linear_fold((h, w), (oh, ow), n):
+        k4 = kernel.reshape(oh, ow, c, -1)
+        ph = jnp.asarray(_adaptive_matrix(h, oh), kernel.dtype)  # (oh, h)
+        pw = jnp.asarray(_adaptive_matrix(w, ow), kernel.dtype)  # (ow, w)
+        hi = jax.lax.Precision.HIGHEST
+        k4 = jnp.einsum("oh,opck->hpck", ph, k4, precision=hi)
+        k4 = jnp.einsum("pw,hpck->hwck", pw, k4, precision=hi)
+        y = jnp.matmul(x.reshape(n, -1), k4.reshape(h * w * c, -1), precision=precision)
+    else:
+        pooled = adaptive_avg_pool(x, (oh, ow))
+        y = jnp.matmul(pooled.reshape(n, -1), kernel, precision=precision)
+    return y if bias is None else y + bias
+
+
 def max_pool(x: Array, size: int = 2) -> Array:
     """2-D max pooling with window and stride ``size`` and no padding (torch ``MaxPool2d(size)``)."""
     return nnx.max_pool(x, (size, size), strides=(size, size), padding="VALID")
@@ -106,6 +151,9 @@ def conv(
     """An ``nnx.Conv`` with zero-initialised parameters (see module docstring).
 
     ``padding`` is "SAME", "VALID" or an int p meaning torch's ``padding=p`` on both sides.
+    The convolution itself is :func:`vggjax.conv.conv_general_dilated`, which picks
+    im2col + matmul or ``lax.conv`` from the layer's static shape (faster on XLA:CPU for
+    tiny feature maps); the parameters are the usual ``nnx.Conv`` HWIO ``kernel`` and ``bias``.
     """
     pad = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
     return nnx.Conv(
@@ -118,6 +166,7 @@ def conv(
         param_dtype=param_dtype,
         kernel_init=nnx.initializers.zeros_init(),
         bias_init=nnx.initializers.zeros_init(),
+        conv_general_dilated=conv_lib.conv_general_dilated,
         rngs=rngs,
     )
 

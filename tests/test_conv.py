@@ -1,0 +1,149 @@
+"""The faster formulations compute what the plain ones do: im2col convs vs ``lax.conv``, folded fc6 vs pool + fc6."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from flax import nnx
+
+from vggjax import conv as conv_lib
+from vggjax import layers
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _ref_conv(x, k, pads):
+    return lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=NHWC, precision=lax.Precision.HIGHEST)
+
+
+def _loss(f):
+    # A non-trivial cotangent so every output position matters to the gradients.
+    def loss(x, k):
+        y = f(x, k)
+        w = jnp.sin(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))
+        return jnp.sum(w * y)
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "hw, kernel, pads",
+    [
+        ((2, 2), (3, 3), ((1, 1), (1, 1))),  # VGG's last stage at 32x32
+        ((1, 1), (3, 3), ((1, 1), (1, 1))),  # 1x1 map with padding: only the centre tap is live
+        ((2, 1), (3, 3), ((1, 1), (1, 1))),
+        ((1, 3), (3, 3), ((1, 1), (1, 1))),
+        ((4, 4), (3, 3), ((1, 1), (1, 1))),
+        ((3, 3), (3, 3), ((0, 0), (0, 0))),  # VALID: one output pixel
+        ((2, 2), (3, 3), ((2, 0), (1, 0))),  # asymmetric padding
+        ((3, 2), (2, 2), ((0, 1), (1, 0))),
+    ],
+)
+def test_im2col_matches_lax_conv_forward_and_gradients(hw, kernel, pads):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, *hw, 5)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((*kernel, 5, 7)), jnp.float32)
+    f = jax.jit(lambda x, k: conv_lib.im2col_conv(x, k, pads, precision=lax.Precision.HIGHEST))
+    np.testing.assert_allclose(f(x, k), _ref_conv(x, k, pads), rtol=1e-5, atol=1e-5)
+    got = jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(x, k)
+    want = jax.jit(jax.grad(_loss(lambda x, k: _ref_conv(x, k, pads)), argnums=(0, 1)))(x, k)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_dispatch_is_static_and_only_for_small_maps():
+    p = ((1, 1), (1, 1))
+    assert conv_lib.use_im2col((2, 2), (3, 3), p)
+    assert conv_lib.use_im2col((1, 1), (3, 3), p)
+    assert not conv_lib.use_im2col((8, 8), (3, 3), p)
+    assert not conv_lib.use_im2col((2, 2), (1, 1), ((0, 0), (0, 0)))  # 1x1 kernels stay as they are
+    # The choice is made while tracing: the jaxpr of a 2x2 layer has a dot and no conv.
+    x, k = jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 4, 8))
+    f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), p, dimension_numbers=NHWC)  # noqa: E731
+    prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
+    assert "dot_general" in prims and "conv_general_dilated" not in prims
+    big = jnp.ones((2, 8, 8, 4))
+    prims = {e.primitive.name for e in jax.make_jaxpr(f)(big, k).eqns}
+    assert "conv_general_dilated" in prims
+
+
+def test_unsupported_cases_fall_through_to_lax():
+    x, k = jnp.ones((1, 2, 2, 4)), jnp.ones((3, 3, 2, 4))
+    f = lambda x, k: conv_lib.conv_general_dilated(  # noqa: E731
+        x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, feature_group_count=2
+    )
+    prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
+    assert "conv_general_dilated" in prims
+
+
+def test_nnx_conv_layer_same_params_and_values_as_plain_nnx_conv():
+    rngs = nnx.Rngs(0)
+    ours = layers.conv(6, 4, 3, padding=1, rngs=rngs)
+    assert set(nnx.state(ours, nnx.Param).keys()) == {"kernel", "bias"}
+    assert ours.kernel.get_value().shape == (3, 3, 6, 4)  # HWIO, unchanged
+    k = jax.random.normal(jax.random.key(1), (3, 3, 6, 4))
+    ours.kernel.set_value(k)
+    ours.bias.set_value(jnp.arange(4.0))
+    plain = nnx.Conv(6, 4, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+    nnx.update(plain, nnx.state(ours))
+    x = jax.random.normal(jax.random.key(2), (2, 2, 2, 6))
+
+    def value_and_grads(model):
+        graphdef, params = nnx.split(model)
+
+        def loss(params, x):
+            return jnp.sum(jnp.cos(nnx.merge(graphdef, params)(x)))
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+    (v1, g1), (v2, g2) = value_and_grads(ours), value_and_grads(plain)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hw, batch, folds", [((1, 1), 4, True), ((1, 2), 4, True), ((3, 3), 64, True), ((3, 3), 4, False), ((7, 7), 4, False), ((9, 9), 4, False)])
+def test_pooled_linear_matches_pool_then_matmul(hw, batch, folds):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((batch, *hw, 3)), jnp.float32)
+    kern = jnp.asarray(rng.standard_normal((7 * 7 * 3, 5)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(5), jnp.float32)
+    hi = lax.Precision.HIGHEST
+
+    def ref(x, kern):
+        return jnp.matmul(layers.adaptive_avg_pool(x, 7).reshape(x.shape[0], -1), kern, precision=hi) + b
+
+    def ours(x, kern):
+        return layers.pooled_linear(x, 7, kern, b, precision=hi)
+
+    np.testing.assert_allclose(jax.jit(ours)(x, kern), jax.jit(ref)(x, kern), rtol=1e-5, atol=1e-5)
+    g1 = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(ours(x, k))), argnums=(0, 1)))(x, kern)
+    g2 = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(ref(x, k))), argnums=(0, 1)))(x, kern)
+    for a, r in zip(g1, g2):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+    assert layers.pooled_linear_fold(hw, (7, 7), batch) == folds
+
+
+@pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 0), (0, 0)), ((2, 0), (1, 1))])
+def test_tapgrad_conv_matches_lax_conv_forward_and_gradients(pads):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 6, 5, 4)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 4, 6)), jnp.float32)
+    hi = lax.Precision.HIGHEST
+    f = jax.jit(lambda x, k: conv_lib.tapgrad_conv(x, k, pads, hi))
+    np.testing.assert_allclose(f(x, k), _ref_conv(x, k, pads), rtol=1e-5, atol=1e-5)
+    got = jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(x, k)
+    want = jax.jit(jax.grad(_loss(lambda x, k: _ref_conv(x, k, pads)), argnums=(0, 1)))(x, k)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_tapgrad_is_chosen_for_wide_layers_on_large_maps():
+    assert conv_lib.use_tap_gradient((16, 16), (3, 3), 128)
+    assert not conv_lib.use_tap_gradient((16, 16), (3, 3), 64)
+    assert not conv_lib.use_tap_gradient((8, 8), (3, 3), 256)
+    x, k = jnp.ones((1, 16, 16, 2)), jnp.ones((3, 3, 2, 128))
+    f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)  # noqa: E731
+    eqns = jax.make_jaxpr(f)(x, k).eqns
+    assert any(e.primitive.name.startswith("custom_vjp") for e in eqns)

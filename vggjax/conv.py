@@ -1,0 +1,240 @@
+"""Convolution formulation chosen per layer shape, at trace time.
+
+XLA:CPU's ``lax.conv`` is slow on some shapes that VGG produces at small image sizes:
+forward + backward of a 3×3 SAME conv on a ``64×2×2×512`` input (VGG's last stage at
+32×32) runs at a few GFLOP/s, while the same layer written as *im2col + one matmul*
+runs near the machine's matmul speed (see ``experiments/results/bench/``). Here the
+patches of every kernel tap are sliced out of the padded input and concatenated along
+the channel axis, so a ``(kh, kw, C, O)`` HWIO kernel reshaped to ``(kh·kw·C, O)`` is the
+matmul's right operand — no parameter changes layout. Taps that only ever read padding
+(all but the centre tap of a 3×3 conv on a 1×1 map) are dropped, which also saves their
+FLOPs. Gradients come from JAX's autodiff of slices, concatenation and a matmul, all of
+which XLA:CPU handles well.
+
+:func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature and is passed
+to ``nnx.Conv(conv_general_dilated=...)`` by :func:`vggjax.layers.conv`; it picks the
+formulation from static shapes only (:func:`use_im2col`, :func:`use_tap_gradient`), so
+there is no runtime cost. On larger maps with ≥128 output channels the forward and input
+gradient stay ``lax.conv`` but the kernel gradient — XLA:CPU's slowest part of a conv's
+backward pass there — is computed as one matmul per kernel tap (:func:`tapgrad_conv`).
+Anything it does not handle (strides, dilation, groups, other layouts) goes to
+``lax.conv_general_dilated`` unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Padding = str | Sequence[tuple[int, int]]
+
+# The largest output map (H·W pixels) for which im2col beats lax.conv. Measured per VGG
+# layer (fwd+bwd, vggjax.bench --profile): im2col wins clearly at 2×2 and 1×1; above
+# that the two trade places within noise, so lax.conv stays the default there.
+IM2COL_MAX_PIXELS = 4
+
+# Where the kernel gradient is computed as one matmul per kernel tap instead of XLA's
+# kernel-backprop convolution (3-4x slower than the forward conv on these shapes): maps of
+# at least this many pixels with at least this many output channels. Below either bound
+# the two are even or lax.conv wins (narrow 64→64 layers), per the per-layer profile.
+TAPGRAD_MIN_PIXELS = 256
+TAPGRAD_MIN_OUT_CHANNELS = 128
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
+    """True when ``dimension_numbers`` describe NHWC inputs, HWIO kernels and NHWC outputs."""
+    if ndim != 4:
+        return False
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        # Flax passes specs as permutations: NHWC lhs = (0, 3, 1, 2), HWIO rhs = (3, 2, 0, 1).
+        return (
+            tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+            and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+            and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
+        )
+    return tuple(dimension_numbers) == _NHWC
+
+
+def explicit_padding(padding: Padding, in_hw: Sequence[int], kernel_hw: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``padding`` ("SAME", "VALID" or ((lo, hi), (lo, hi))) as explicit (lo, hi) pairs for stride 1."""
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(tuple(in_hw), tuple(kernel_hw), (1, 1), padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def use_im2col(in_hw: Sequence[int], kernel_hw: Sequence[int], padding: Sequence[tuple[int, int]]) -> bool:
+    """The static choice: im2col + matmul when the output map has ≤ :data:`IM2COL_MAX_PIXELS` pixels.
+
+    A 1×1 kernel is a plain matmul either way and XLA already treats it as one, so only
+    kernels larger than 1×1 are rewritten.
+    """
+    if tuple(kernel_hw) == (1, 1):
+        return False
+    out = [h + lo + hi - k + 1 for h, k, (lo, hi) in zip(in_hw, kernel_hw, padding)]
+    return min(out) >= 1 and out[0] * out[1] <= IM2COL_MAX_PIXELS
+
+
+def use_tap_gradient(in_hw: Sequence[int], kernel_hw: Sequence[int], out_channels: int) -> bool:
+    """The static choice of :func:`tapgrad_conv` (lax.conv forward, per-tap matmul kernel gradient)."""
+    return (
+        tuple(kernel_hw) != (1, 1)
+        and in_hw[0] * in_hw[1] >= TAPGRAD_MIN_PIXELS
+        and out_channels >= TAPGRAD_MIN_OUT_CHANNELS
+    )
+
+
+def _lax_conv(x: Array, kernel: Array, padding: tuple[tuple[int, int], ...], precision: Any, pet: Any) -> Array:
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=_NHWC, precision=precision, preferred_element_type=pet
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def tapgrad_conv(x: Array, kernel: Array, padding: tuple[tuple[int, int], ...], precision: Any = None, pet: Any = None) -> Array:
+    """Stride-1 NHWC × HWIO conv: ``lax.conv`` forward and input gradient, kernel gradient by taps.
+
+    The kernel gradient ``dK[i, j] = Σ_{n,h,w} x_pad[n, h+i, w+j, :]ᵀ · dy[n, h, w, :]`` is
+    one ``(C × N·H·W) @ (N·H·W × O)`` matmul per tap — large-K matmuls that XLA:CPU runs
+    well — rather than XLA's kernel-backprop convolution. Same values as ``lax.conv``'s
+    gradient up to float summation order; accumulated in float32 whatever the dtype.
+    ``padding`` is explicit ((top, bottom), (left, right)); ``pet`` is the
+    ``preferred_element_type`` of the forward conv.
+    """
+    return _lax_conv(x, kernel, padding, precision, pet)
+
+
+def _tapgrad_fwd(x, kernel, padding, precision, pet):
+    return _lax_conv(x, kernel, padding, precision, pet), (x, kernel)
+
+
+def _tapgrad_bwd(padding, precision, pet, res, dy):
+    x, kernel = res
+    _, vjp_x = jax.vjp(lambda x_: _lax_conv(x_, kernel, padding, precision, pet), x)
+    (dx,) = vjp_x(dy)
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    oh, ow = dy.shape[1], dy.shape[2]
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    dy2 = dy.reshape(-1, o)
+    taps = [
+        lax.dot_general(
+            xp[:, i : i + oh, j : j + ow, :].reshape(-1, c),
+            dy2,
+            (((0,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=jnp.float32,
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    dk = jnp.stack(taps).reshape(kh, kw, c, o).astype(kernel.dtype)
+    return dx, dk
+
+
+tapgrad_conv.defvjp(_tapgrad_fwd, _tapgrad_bwd)
+
+
+def _live_taps(size: int, k: int, lo: int, out: int) -> tuple[int, int]:
+    """Kernel taps ``[first, last]`` along one axis that read at least one real (unpadded) pixel.
+
+    Output position ``r`` reads padded position ``r + t``, i.e. input row ``r + t - lo``;
+    tap ``t`` is live if some ``r`` in ``[0, out)`` puts that row inside ``[0, size)``.
+    """
+    first = max(0, lo - (out - 1))
+    last = min(k - 1, lo + size - 1)
+    return first, last
+
+
+def im2col_conv(
+    x: Array,
+    kernel: Array,
+    padding: Sequence[tuple[int, int]],
+    *,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> Array:
+    """Stride-1 NHWC × HWIO convolution as patch extraction + one matmul.
+
+    ``x``: ``(N, H, W, C)``; ``kernel``: ``(kh, kw, C, O)``; ``padding``: ((top, bottom),
+    (left, right)). Returns ``(N, oh, ow, O)`` with ``oh = H + top + bottom - kh + 1``
+    (likewise ``ow``) — the same values as ``lax.conv_general_dilated`` up to float
+    summation order. Taps that only read padding are skipped.
+    """
+    n, h, w, c = x.shape
+    kh, kw, kc, o = kernel.shape
+    if kc != c:
+        raise ValueError(f"kernel expects {kc} input channels, input has {c}")
+    (pt, pb), (pl, pr) = padding
+    oh, ow = h + pt + pb - kh + 1, w + pl + pr - kw + 1
+    i0, i1 = _live_taps(h, kh, pt, oh)
+    j0, j1 = _live_taps(w, kw, pl, ow)
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    cols = [xp[:, i : i + oh, j : j + ow, :] for i in range(i0, i1 + 1) for j in range(j0, j1 + 1)]
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    k = kernel[i0 : i1 + 1, j0 : j1 + 1].reshape(-1, o)
+    y = jnp.matmul(
+        patches.reshape(n * oh * ow, -1), k, precision=precision, preferred_element_type=preferred_element_type
+    )
+    return y.reshape(n, oh, ow, o)
+
+
+def conv_general_dilated(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Sequence[int],
+    padding: Padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    **kwargs: Any,
+) -> Array:
+    """Drop-in for ``lax.conv_general_dilated`` that uses :func:`im2col_conv` where it is faster.
+
+    The decision (:func:`use_im2col`) reads only static shapes, strides, dilations and
+    layouts; every case other than a stride-1, undilated, ungrouped NHWC/HWIO conv with
+    a small output map is passed to ``lax.conv_general_dilated`` with the same arguments.
+    """
+    ones = (1,) * (lhs.ndim - 2)
+    simple = (
+        _is_nhwc_hwio(dimension_numbers, lhs.ndim)
+        and tuple(window_strides) == ones
+        and tuple(lhs_dilation or ones) == ones
+        and tuple(rhs_dilation or ones) == ones
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and kwargs.get("out_sharding") is None
+    )
+    if simple:
+        pads = explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
+        if use_im2col(lhs.shape[1:3], rhs.shape[:2], pads):
+            return im2col_conv(lhs, rhs, pads, precision=precision, preferred_element_type=preferred_element_type)
+        if use_tap_gradient(lhs.shape[1:3], rhs.shape[:2], rhs.shape[3]):
+            return tapgrad_conv(lhs, rhs, pads, precision, preferred_element_type)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        **kwargs,
+    )
