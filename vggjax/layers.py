@@ -70,6 +70,10 @@ def adaptive_avg_pool(x: Array, output_size: int | tuple[int, int]) -> Array:
     return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw, precision=jax.lax.Precision.HIGHEST)
 
 
+# Switch for benchmarks (``python -m vggjax.bench --plain``): False computes pool then fc6.
+FOLD_POOLED_LINEAR = True
+
+
 def pooled_linear_fold(in_hw: tuple[int, int], pool_size: tuple[int, int], batch: int) -> bool:
     """Whether :func:`pooled_linear` folds the pooling into the weights (a static choice).
 
@@ -80,7 +84,7 @@ def pooled_linear_fold(in_hw: tuple[int, int], pool_size: tuple[int, int], batch
     same pixel — and never when it shrinks the map.
     """
     (h, w), (oh, ow) = in_hw, pool_size
-    if h * w >= oh * ow:
+    if not FOLD_POOLED_LINEAR or h * w >= oh * ow:
         return False
     fold = (oh * h * ow + h * ow * w) + batch * h * w
     return fold < batch * oh * ow

@@ -1,0 +1,51 @@
+"""``python -m vggjax.bench`` in a tiny configuration: it runs and records every field, all positive."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_bench_tiny_run_writes_positive_fields(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, "-m", "vggjax.bench", "--arch", "vgg11_bn", "--width", "0.0625", "--size", "32",
+        "--batch", "4", "--steps", "2", "--peak-size", "512", "--pipeline-seconds", "0.3", "--out", str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "img/s" in proc.stdout
+    r = json.loads(out.read_text())
+    jx = r["jax"]
+    for key in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s", "flops", "bytes_accessed", "peak_rss_mib"):
+        assert jx[key] > 0, key
+    for key in ("median_s", "min_s", "max_s", "images_per_s"):
+        assert jx["step"][key] > 0, key
+    assert jx["step"]["steps"] == 2 and len(jx["step_times_s"]) == 2
+    warm = jx["warm_cache"]
+    assert "error" not in warm, warm.get("error")
+    for key in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s"):
+        assert warm[key] > 0, key
+    assert r["matmul_peak"]["gflops"] > 0
+    assert r["utilisation"]["step_gflops"] > 0 and r["utilisation"]["fraction_of_peak"] > 0
+    assert r["input_pipeline"]["images_per_s"] > 0 and r["input_pipeline"]["ratio_to_train_step"] > 0
+    assert r["peak_rss_mib"] > 0
+    m = r["machine"]
+    assert m["cpu_model"] and m["logical_cores"] > 0 and m["versions"]["jax"]
+    assert len(r["load_avg_start"]) == 3 and len(r["load_avg_end"]) == 3
+    assert "torch_eager" not in r  # --torch not given
+
+
+def test_conv_layer_shapes_follow_the_config():
+    from vggjax import bench
+
+    shapes = bench.conv_layer_shapes("vgg16_bn", 32, 64)
+    assert len(shapes) == 13
+    assert shapes[0] == {"name": "conv1_1", "shape": [64, 32, 32, 3, 64]}
+    assert shapes[-1] == {"name": "conv5_3", "shape": [64, 2, 2, 512, 512]}

@@ -1,0 +1,618 @@
+"""``python -m vggjax.bench``: train-step throughput, compile time, utilisation, input pipeline.
+
+    python -m vggjax.bench                                   # vgg16_bn, 32×32, batch 64
+    python -m vggjax.bench --size 112 --batch 8 --torch --out experiments/results/bench/vgg16_bn_112_b8.json
+    python -m vggjax.bench --profile                         # + per-layer conv fwd+bwd timings
+
+What it measures, in one process (and one helper subprocess):
+
+* the trainer's own step (:func:`vggjax.train.make_train_step`: forward, loss, backward,
+  optax SGD with momentum 0.9 and weight decay 5e-4, BatchNorm statistics; jitted with
+  the state donated): trace+lower time, XLA compile time and first-step wall time with a
+  *cold* persistent compilation cache, then the median and spread of ``--steps``
+  steady-state steps (each timed to ``block_until_ready``) and images/s;
+* the same first step in a fresh subprocess with the cache now *warm* (what a second
+  ``python -m vggjax.train`` sees);
+* the step's FLOPs from XLA's cost analysis and the achieved FLOP/s as a fraction of the
+  machine's measured peak (the best of several timed 4096² fp32 matmuls);
+* peak resident memory and XLA's buffer sizes for the step;
+* the input pipeline alone (embedded digits, resized to ``--size``, augmented) in images/s;
+* with ``--torch``: torchvision's model of the same name with 10 classes, SGD momentum 0.9
+  weight decay 5e-4, in PyTorch eager and under ``torch.compile``, and the ratios;
+* with ``--profile``: each conv layer's forward+backward time for ``lax.conv`` and for
+  im2col+matmul at its shape (the measurement behind :mod:`vggjax.conv`).
+
+The JSON record (``--out``) also holds the machine: CPU model and flags, cores, library
+versions, XLA flags, and the load average at start and end (the numbers are only
+comparable when the machine was otherwise idle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only feeds the pipeline; keep its notice out
+
+import numpy as np
+
+NUM_CLASSES = 10
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+PEAK_MATMUL_SIZE = 4096
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+
+def _stats(seconds: Sequence[float], images: int) -> dict[str, float]:
+    """Median / min / max / relative spread of per-step wall times, and images/s at the median."""
+    arr = np.asarray(seconds, np.float64)
+    med = float(np.median(arr))
+    q25, q75 = np.percentile(arr, [25, 75])
+    return {
+        "median_s": med,
+        "min_s": float(arr.min()),
+        "max_s": float(arr.max()),
+        "iqr_s": float(q75 - q25),
+        "spread_pct": float(100.0 * (q75 - q25) / med) if med > 0 else 0.0,
+        "images_per_s": images / med if med > 0 else 0.0,
+        "steps": len(seconds),
+    }
+
+
+def _time_calls(fn: Callable[[], Any], n: int) -> list[float]:
+    """Wall seconds of ``n`` calls of ``fn`` (which must block until its work is done)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, ISA flags of interest, cores, memory, library versions, XLA flags."""
+    import jax
+    import jaxlib
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version()}
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    info["cpu_model"] = model
+    info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    info["logical_cores"] = os.cpu_count()
+    try:
+        import psutil
+
+        info["physical_cores"] = psutil.cpu_count(logical=False)
+        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # psutil is optional
+        pass
+    versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__}
+    for name in ("flax", "optax", "torch", "torchvision", "tensorflow"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    info["versions"] = versions
+    info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    info["jax_devices"] = [str(d) for d in jax.devices()]
+    return info
+
+
+def matmul_peak(n: int = PEAK_MATMUL_SIZE, reps: int = 7) -> dict[str, float]:
+    """The machine's fp32 matmul peak in GFLOP/s: the fastest of ``reps`` timed ``n×n @ n×n`` in XLA."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    times = _time_calls(lambda: f(a, b).block_until_ready(), reps)
+    flops = 2.0 * n**3
+    return {"n": n, "best_s": min(times), "median_s": float(np.median(times)), "gflops": flops / min(times) / 1e9,
+            "gflops_median": flops / float(np.median(times)) / 1e9}
+
+
+# --- the JAX train step ----------------------------------------------------------------
+
+
+def bench_config(arch: str, size: int, batch: int, *, width: float = 1.0, dtype: str = "float32", cache_dir: str = ""):
+    """The trainer config for the benchmark: ``arch`` with torchvision's fc head, 10 classes, SGD as torch.
+
+    SGD lr 0.01, momentum 0.9, coupled weight decay 5e-4 on every parameter (torch
+    ``SGD(weight_decay=5e-4)``), constant schedule; dropout 0.5; 3-channel ``size``² input.
+    """
+    from vggjax.configs import default
+
+    config = default.get_config()
+    config.model = arch
+    config.model_options = {"width": width, "head": "fc", "head_options": {}, "init": "torchvision", "dropout": 0.5}
+    config.image_size = size
+    config.channels = 3
+    config.batch_size = batch
+    config.dtype = dtype
+    config.optim.learning_rate = LEARNING_RATE
+    config.optim.momentum = MOMENTUM
+    config.optim.nesterov = False
+    config.optim.weight_decay = WEIGHT_DECAY
+    config.optim.weight_decay_mask = "all"
+    config.optim.schedule = "constant"
+    config.optim.warmup_epochs = 0.0
+    config.compilation_cache = cache_dir
+    return config
+
+
+def _batch(size: int, batch: int, channels: int = 3) -> dict[str, Any]:
+    """A fixed random batch in the trainer's format (NHWC float32 images, int32 labels, mask)."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    host = {
+        "image": rng.standard_normal((batch, size, size, channels), np.float32),
+        "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
+        "mask": np.ones(batch, bool),
+    }
+    return jax.device_put({k: jnp.asarray(v) for k, v in host.items()})
+
+
+def use_plain_formulations() -> None:
+    """Turn off every shape-dependent fast path (``--plain``): ``lax.conv`` everywhere, pool then fc6.
+
+    The "straightforward Flax NNX step" the fast paths are measured against. Trace-time
+    switches, so call it before the step is traced (and pass ``--plain`` to the warm probe).
+    """
+    from vggjax import conv as conv_lib
+    from vggjax import layers
+
+    conv_lib.IM2COL_MAX_PIXELS = 0
+    conv_lib.TAPGRAD_MIN_PIXELS = 1 << 62
+    layers.FOLD_POOLED_LINEAR = False
+
+
+def build_step(config) -> tuple[Callable, Any]:
+    """``(jitted_step, state)``: the trainer's step for ``config``, jitted with the state donated."""
+    import jax
+
+    from vggjax import optim, train
+
+    tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
+    graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
+    state = jax.jit(make_state)()
+    step = jax.jit(train.make_train_step(graphdef, tx, "softmax_cross_entropy"), donate_argnums=0)
+    return step, state
+
+
+def compile_step(config) -> dict[str, Any]:
+    """Build, lower and compile the step; time each part and the first execution.
+
+    Returns ``{"trace_lower_s", "compile_s", "first_run_s", "first_step_s", "compiled",
+    "state", "batch"}``; ``first_step_s`` = trace+lower + compile + first run (what the
+    first call of a jitted step costs). The persistent cache is enabled first when
+    ``config.compilation_cache`` is set (as the trainer does).
+    """
+    import jax
+
+    from vggjax import train
+
+    train.enable_compilation_cache(config.get("compilation_cache", ""))
+    step, state = build_step(config)
+    batch = _batch(config.image_size, config.batch_size, config.channels)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    lowered = step.lower(state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    t3 = time.perf_counter()
+    return {
+        "trace_lower_s": t1 - t0,
+        "compile_s": t2 - t1,
+        "first_run_s": t3 - t2,
+        "first_step_s": t3 - t0,
+        "compiled": compiled,
+        "state": state,
+        "batch": batch,
+        "loss": float(metrics["loss"]),
+    }
+
+
+def _cost(compiled) -> dict[str, float]:
+    """FLOPs and bytes accessed of a compiled executable (XLA cost analysis)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    cost = cost or {}
+    return {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+def _memory(compiled) -> dict[str, float]:
+    """XLA's buffer sizes for the executable, in MiB."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return {}
+    if m is None:
+        return {}
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "generated_code_size_in_bytes")
+    return {f.replace("_in_bytes", "_mib"): getattr(m, f, 0) / 2**20 for f in fields}
+
+
+def jax_step_bench(config, steps: int, warmup: int = 2) -> dict[str, Any]:
+    """Compile (cold cache) and time ``steps`` steady-state train steps of ``config``."""
+    import jax
+
+    c = compile_step(config)
+    compiled, state, batch = c["compiled"], c["state"], c["batch"]
+    holder = {"state": state}
+
+    def one() -> None:
+        holder["state"], metrics = compiled(holder["state"], batch)
+        jax.block_until_ready((holder["state"], metrics))
+
+    for _ in range(warmup):
+        one()
+    times = _time_calls(one, steps)
+    out = {k: c[k] for k in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s", "loss")}
+    out["step"] = _stats(times, config.batch_size)
+    out["step_times_s"] = times
+    out.update(_cost(compiled))
+    out["xla_memory"] = _memory(compiled)
+    out["peak_rss_mib"] = _peak_rss_mib()
+    return out
+
+
+def warm_cache_probe(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
+    """Run ``python -m vggjax.bench --first-step-only`` in a fresh process against ``cache_dir``.
+
+    The cache was filled by this process's cold compile, so the child measures the
+    first step a second training run would see. Returns the child's JSON (or an error).
+    """
+    cmd = [
+        sys.executable, "-m", "vggjax.bench", "--first-step-only", "--cache-dir", cache_dir,
+        "--arch", args.arch, "--size", str(args.size), "--batch", str(args.batch),
+        "--width", str(args.width), "--dtype", args.dtype,
+    ] + (["--plain"] if args.plain else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    return json.loads(lines[-1])
+
+
+# --- per-layer conv profile ------------------------------------------------------------
+
+
+def conv_layer_shapes(arch: str, size: int, batch: int, width: float = 1.0) -> list[dict[str, Any]]:
+    """Every backbone conv of ``arch`` at input ``size``²: name and (N, H, W, C_in, C_out)."""
+    from vggjax.models.vgg import ARCHS, CFGS, scale_width
+
+    cfg, _ = ARCHS[arch]
+    out, stage, idx, cin, hw = [], 1, 0, 3, size
+    for v in CFGS[cfg]:
+        if v == "M":
+            stage, idx, hw = stage + 1, 0, hw // 2
+            continue
+        idx += 1
+        cout = scale_width(v, width)
+        out.append({"name": f"conv{stage}_{idx}", "shape": [batch, hw, hw, cin, cout]})
+        cin = cout
+    return out
+
+
+def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5) -> list[dict[str, Any]]:
+    """Forward+backward time of each 3×3 conv layer of ``arch`` in every formulation of :mod:`vggjax.conv`.
+
+    ``lax_conv`` (XLA's conv and its gradients), ``im2col`` (patches + one matmul) and
+    ``tapgrad`` (lax.conv forward and input gradient, kernel gradient as per-tap matmuls).
+
+    Per layer: the input shape, its fwd+bwd FLOPs (3 × forward), the median seconds and
+    GFLOP/s of each formulation, and which one :mod:`vggjax.conv` chooses for that shape.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from vggjax import conv as conv_lib
+
+    pads = ((1, 1), (1, 1))
+    formulations = {
+        "lax_conv": lambda x, k: lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        "im2col": lambda x, k: conv_lib.im2col_conv(x, k, pads),
+        "tapgrad": lambda x, k: conv_lib.tapgrad_conv(x, k, pads),
+    }
+    rows = []
+    for layer in conv_layer_shapes(arch, size, batch, width):
+        n, h, w, c, o = layer["shape"]
+        x = jax.random.normal(jax.random.key(0), (n, h, w, c), jnp.float32)
+        k = jax.random.normal(jax.random.key(1), (3, 3, c, o), jnp.float32) * 0.05
+        flops = 3 * 2 * n * h * w * 9 * c * o
+        if conv_lib.use_im2col((h, w), (3, 3), pads):
+            chosen = "im2col"
+        elif conv_lib.use_tap_gradient((h, w), (3, 3), o):
+            chosen = "tapgrad"
+        else:
+            chosen = "lax_conv"
+        row = {**layer, "flops": flops, "chosen": chosen}
+        for name, f in formulations.items():
+            g = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2) * 0.5, argnums=(0, 1)))
+            jax.block_until_ready(g(x, k))
+            t = float(np.median(_time_calls(lambda: jax.block_until_ready(g(x, k)), reps)))
+            row[f"{name}_s"] = t
+            row[f"{name}_gflops"] = flops / t / 1e9
+        rows.append(row)
+    return rows
+
+
+# --- input pipeline --------------------------------------------------------------------
+
+
+def pipeline_bench(size: int, batch: int, seconds: float = 3.0, warmup: int = 5) -> dict[str, float]:
+    """Images/s of the embedded-digits training pipeline alone (resize to ``size``², augment, normalise, batch)."""
+    from vggjax import data
+
+    batches, _ = data.load(
+        "vggjax_digits", global_batch_size=batch, train=True, image_size=size, channels=3,
+        process_index=0, process_count=1,
+    )
+    for _ in range(warmup):
+        next(batches)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        b = next(batches)
+        n += b["image"].shape[0]
+    dt = time.perf_counter() - t0
+    return {"images": n, "seconds": dt, "images_per_s": n / dt}
+
+
+# --- PyTorch ---------------------------------------------------------------------------
+
+
+def torch_bench(arch: str, size: int, batch: int, steps: int, *, compile: bool, warmup: int = 2) -> dict[str, Any]:
+    """The same step in PyTorch: ``torchvision.models.<arch>(num_classes=10)``, SGD(0.01, 0.9, wd 5e-4).
+
+    NCHW float32 input, cross-entropy, ``zero_grad(set_to_none=True)`` → forward →
+    backward → ``optimizer.step()``. With ``compile`` the model is wrapped in
+    ``torch.compile`` (default mode) and the first step's time includes compilation.
+    """
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    run = torch.compile(model) if compile else model
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, NUM_CLASSES, (batch,))
+
+    def one() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(run(x), y)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    one()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        one()
+    times = _time_calls(one, steps)
+    return {"first_step_s": first, "step": _stats(times, batch), "step_times_s": times, "threads": torch.get_num_threads()}
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vggjax.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="vgg16_bn", help="a vggjax/torchvision VGG name (default vgg16_bn)")
+    p.add_argument("--size", type=int, default=32, help="input height = width (default 32)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--steps", type=int, default=10, help="steady-state steps timed (default 10)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the JAX model (tiny runs)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="JAX compute dtype")
+    p.add_argument("--plain", action="store_true", help="lax.conv everywhere and no fc6 fold (the baseline)")
+    p.add_argument("--torch", action="store_true", help="also time PyTorch eager and torch.compile")
+    p.add_argument("--no-torch-compile", action="store_true", help="with --torch: eager only")
+    p.add_argument("--profile", action="store_true", help="per-layer conv fwd+bwd timing, lax.conv vs im2col")
+    p.add_argument("--no-warm-probe", action="store_true", help="skip the warm-cache first step in a subprocess")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline measurement")
+    p.add_argument("--pipeline-seconds", type=float, default=3.0, help="how long to pull batches (default 3 s)")
+    p.add_argument("--peak-size", type=int, default=PEAK_MATMUL_SIZE, help="matmul size for the peak (default 4096)")
+    p.add_argument("--cache-dir", default="", help="persistent compilation cache (default: a fresh temp dir, i.e. cold)")
+    p.add_argument("--first-step-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help="write the JSON record here")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown results table of these records and exit")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every measurement ``args`` asks for and return the JSON-able record."""
+    if args.torch and args.width != 1.0:
+        raise SystemExit("error: --torch compares against torchvision's full-width model; use --width 1")
+    load_start = os.getloadavg()
+    t_start = time.time()
+    info = machine_info()
+    own_cache = not args.cache_dir
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="vggjax-bench-cache-")
+    try:
+        config = bench_config(args.arch, args.size, args.batch, width=args.width, dtype=args.dtype, cache_dir=cache_dir)
+        record: dict[str, Any] = {
+            "command": "python -m vggjax.bench " + " ".join(sys.argv[1:]),
+            "config": {"arch": args.arch, "size": args.size, "batch": args.batch, "steps": args.steps, "width": args.width,
+                       "dtype": args.dtype, "formulations": "plain" if args.plain else "default", "head": "fc", "num_classes": NUM_CLASSES, "optimizer":
+                       f"SGD lr {LEARNING_RATE} momentum {MOMENTUM} weight_decay {WEIGHT_DECAY} (coupled)"},
+            "machine": info,
+            "load_avg_start": list(load_start),
+        }
+        jx = jax_step_bench(config, args.steps)
+        record["jax"] = jx
+        if not args.no_warm_probe:
+            jx["warm_cache"] = warm_cache_probe(args, cache_dir)
+        peak = matmul_peak(args.peak_size)
+        record["matmul_peak"] = peak
+        achieved = jx["flops"] / jx["step"]["median_s"] / 1e9
+        record["utilisation"] = {"step_gflops": achieved, "peak_gflops": peak["gflops"],
+                                 "fraction_of_peak": achieved / peak["gflops"]}
+        if not args.no_pipeline:
+            pipe = pipeline_bench(args.size, args.batch, args.pipeline_seconds)
+            pipe["ratio_to_train_step"] = pipe["images_per_s"] / jx["step"]["images_per_s"]
+            record["input_pipeline"] = pipe
+        if args.profile:
+            record["conv_profile"] = conv_profile(args.arch, args.size, args.batch, args.width)
+        if args.torch:
+            ratios: dict[str, float] = {}
+            record["torch_eager"] = torch_bench(args.arch, args.size, args.batch, args.steps, compile=False)
+            ratios["jax_vs_torch_eager"] = jx["step"]["images_per_s"] / record["torch_eager"]["step"]["images_per_s"]
+            if not args.no_torch_compile:
+                record["torch_compile"] = torch_bench(args.arch, args.size, args.batch, args.steps, compile=True)
+                ratios["jax_vs_torch_compile"] = jx["step"]["images_per_s"] / record["torch_compile"]["step"]["images_per_s"]
+            record["ratios"] = ratios
+        record["peak_rss_mib"] = _peak_rss_mib()
+        record["load_avg_end"] = list(os.getloadavg())
+        record["wall_s"] = time.time() - t_start
+        return record
+    finally:
+        if own_cache:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _first_step_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The warm-cache probe: build and run one step against ``--cache-dir``; times only."""
+    config = bench_config(args.arch, args.size, args.batch, width=args.width, dtype=args.dtype, cache_dir=args.cache_dir)
+    c = compile_step(config)
+    return {k: c[k] for k in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s")}
+
+
+def summary_lines(record: dict[str, Any]) -> list[str]:
+    """A short human-readable summary of a bench ``record``."""
+    cfg, jx = record["config"], record["jax"]
+    lines = [
+        f"{cfg['arch']} {cfg['size']}x{cfg['size']} batch {cfg['batch']} ({cfg['dtype']}) on {record['machine']['cpu_model']}, "
+        f"load {record['load_avg_start'][0]:.2f} -> {record['load_avg_end'][0]:.2f}",
+        f"jax step: {jx['step']['median_s'] * 1e3:.0f} ms median (spread {jx['step']['spread_pct']:.0f}%), "
+        f"{jx['step']['images_per_s']:.1f} img/s; first step {jx['first_step_s']:.1f} s "
+        f"(trace+lower {jx['trace_lower_s']:.2f} s, compile {jx['compile_s']:.2f} s)",
+    ]
+    warm = jx.get("warm_cache")
+    if warm and "error" not in warm:
+        lines.append(f"warm cache: first step {warm['first_step_s']:.2f} s (trace+lower {warm['trace_lower_s']:.2f} s, "
+                     f"compile/load {warm['compile_s']:.2f} s, run {warm['first_run_s']:.2f} s)")
+    u = record["utilisation"]
+    lines.append(f"{jx['flops'] / 1e9:.1f} GFLOP/step -> {u['step_gflops']:.1f} GFLOP/s = {100 * u['fraction_of_peak']:.0f}% "
+                 f"of the measured {u['peak_gflops']:.0f} GFLOP/s matmul peak; peak RSS {jx['peak_rss_mib']:.0f} MiB")
+    if "input_pipeline" in record:
+        p = record["input_pipeline"]
+        lines.append(f"input pipeline: {p['images_per_s']:.0f} img/s ({p['ratio_to_train_step']:.1f}x the train step)")
+    for name in ("torch_eager", "torch_compile"):
+        if name in record:
+            t = record[name]
+            lines.append(f"{name}: {t['step']['median_s'] * 1e3:.0f} ms median, {t['step']['images_per_s']:.1f} img/s, "
+                         f"first step {t['first_step_s']:.1f} s")
+    for k, v in record.get("ratios", {}).items():
+        lines.append(f"{k}: {v:.2f}x")
+    for row in record.get("conv_profile", []):
+        n, h, w, c, o = row["shape"]
+        lines.append(f"  {row['name']:8s} {n}x{h}x{w}x{c}->{o}: lax.conv {row['lax_conv_s'] * 1e3:7.1f} ms "
+                     f"({row['lax_conv_gflops']:5.0f} GF/s)  im2col {row['im2col_s'] * 1e3:7.1f} ms "
+                     f"({row['im2col_gflops']:5.0f} GF/s)  tapgrad {row['tapgrad_s'] * 1e3:7.1f} ms  -> {row['chosen']}")
+    return lines
+
+
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    """The README's results table: one row per bench ``record`` (as written by ``--out``)."""
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.0f} ms"
+
+    head = (
+        "| config | vggjax step (median, spread) | img/s | PyTorch eager | torch.compile | vs eager | vs compile "
+        "| GFLOP/step | % of matmul peak | compile cold / warm-cache | input pipeline | peak RSS | load avg start→end |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [head]
+    for r in records:
+        c, jx, u = r["config"], r["jax"], r["utilisation"]
+        te, tc, ratios = r.get("torch_eager"), r.get("torch_compile"), r.get("ratios", {})
+        warm = jx.get("warm_cache", {})
+        warm_s = f"{warm['trace_lower_s'] + warm['compile_s']:.2f} s" if "compile_s" in warm else "–"
+        pipe = r.get("input_pipeline")
+        rows.append(
+            "| " + " | ".join([
+                f"{c['arch']} {c['size']}×{c['size']} batch {c['batch']}" + (" plain" if c.get("formulations") == "plain" else ""),
+                f"{ms(jx['step']['median_s'])} (±{jx['step']['spread_pct']:.0f}%)",
+                f"{jx['step']['images_per_s']:.1f}",
+                f"{ms(te['step']['median_s'])}" if te else "–",
+                f"{ms(tc['step']['median_s'])} ({tc['first_step_s']:.0f} s 1st step)" if tc else "–",
+                f"{ratios['jax_vs_torch_eager']:.2f}×" if "jax_vs_torch_eager" in ratios else "–",
+                f"{ratios['jax_vs_torch_compile']:.2f}×" if "jax_vs_torch_compile" in ratios else "–",
+                f"{jx['flops'] / 1e9:.1f}",
+                f"{100 * u['fraction_of_peak']:.0f}% of {u['peak_gflops']:.0f} GFLOP/s",
+                f"{jx['trace_lower_s'] + jx['compile_s']:.1f} s / {warm_s}",
+                f"{pipe['images_per_s']:.0f} img/s ({pipe['ratio_to_train_step']:.0f}×)" if pipe else "–",
+                f"{r['peak_rss_mib'] / 1024:.1f} GiB",
+                f"{r['load_avg_start'][0]:.2f}→{r['load_avg_end'][0]:.2f}",
+            ]) + " |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, run the benchmark, print a summary, write ``--out``; return the record."""
+    args = _parser().parse_args(argv)
+    if args.plain:
+        use_plain_formulations()
+    if args.table:
+        records = []
+        for path in args.table:
+            with open(path) as f:
+                records.append(json.load(f))
+        print(markdown_table(records))
+        return {"records": records}
+    if args.first_step_only:
+        out = _first_step_only(args)
+        print(json.dumps(out))
+        return out
+    record = run(args)
+    for line in summary_lines(record):
+        print(line)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(record, f, indent=1)
+        print(f"wrote {args.out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
