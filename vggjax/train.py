@@ -11,6 +11,13 @@ The main is thin; the pieces are small pure functions a user can reuse:
 a global batch sharded over a ``("data",)`` mesh; ``--config.parallel=pmap`` runs the
 very same step under ``jax.pmap`` with ``lax.pmean``. Checkpoints (orbax) go to
 ``WORKDIR/checkpoints`` and a rerun of the same command resumes from the latest one.
+
+Crash safety: a rerun after SIGKILL continues bit-identically (metrics logged after the
+last checkpoint are dropped); SIGTERM checkpoints the current step and exits with status
+143; a damaged latest checkpoint is skipped with a warning; non-finite steps stop the run
+(or are skipped) with the step and the first non-finite layer named, and are never
+checkpointed; an unwritable or full workdir fails before training. User mistakes end in
+one ``error: ...`` line (the table in README.md, tested by ``tests/test_bad_inputs.py``).
 """
 
 from __future__ import annotations
