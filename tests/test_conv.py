@@ -57,14 +57,16 @@ def test_dispatch_is_static_and_only_for_small_maps():
     assert conv_lib.use_im2col((2, 2), (3, 3), p)
     assert conv_lib.use_im2col((1, 1), (3, 3), p)
     assert not conv_lib.use_im2col((8, 8), (3, 3), p)
+    assert not conv_lib.use_im2col((8, 8), (3, 3), p, 64)
+    assert conv_lib.use_im2col((32, 32), (3, 3), p, 3)  # the RGB image layer
     assert not conv_lib.use_im2col((2, 2), (1, 1), ((0, 0), (0, 0)))  # 1x1 kernels stay as they are
     # The choice is made while tracing: the jaxpr of a 2x2 layer has a dot and no conv.
     x, k = jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 4, 8))
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), p, dimension_numbers=NHWC)  # noqa: E731
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
     assert "dot_general" in prims and "conv_general_dilated" not in prims
-    big = jnp.ones((2, 8, 8, 4))
-    prims = {e.primitive.name for e in jax.make_jaxpr(f)(big, k).eqns}
+    big, k16 = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 8))
+    prims = {e.primitive.name for e in jax.make_jaxpr(f)(big, k16).eqns}
     assert "conv_general_dilated" in prims
 
 
@@ -143,7 +145,7 @@ def test_tapgrad_is_chosen_for_wide_layers_on_large_maps():
     assert conv_lib.use_tap_gradient((16, 16), (3, 3), 128)
     assert not conv_lib.use_tap_gradient((16, 16), (3, 3), 64)
     assert not conv_lib.use_tap_gradient((8, 8), (3, 3), 256)
-    x, k = jnp.ones((1, 16, 16, 2)), jnp.ones((3, 3, 2, 128))
+    x, k = jnp.ones((1, 16, 16, 8)), jnp.ones((3, 3, 8, 128))
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)  # noqa: E731
     eqns = jax.make_jaxpr(f)(x, k).eqns
     assert any(e.primitive.name.startswith("custom_vjp") for e in eqns)

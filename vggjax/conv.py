@@ -37,6 +37,9 @@ Padding = str | Sequence[tuple[int, int]]
 # layer (fwd+bwd, vggjax.bench --profile): im2col wins clearly at 2×2 and 1×1; above
 # that the two trade places within noise, so lax.conv stays the default there.
 IM2COL_MAX_PIXELS = 4
+# ... and for the image layer (3 RGB or 1 grey input channels): lax.conv's gradient of a
+# conv with a tiny input-channel count runs at ~16 GFLOP/s, im2col (K = 9·C) about twice that.
+IM2COL_MAX_IN_CHANNELS = 4
 
 # Where the kernel gradient is computed as one matmul per kernel tap instead of XLA's
 # kernel-backprop convolution (3-4x slower than the forward conv on these shapes): maps of
@@ -71,8 +74,11 @@ def explicit_padding(padding: Padding, in_hw: Sequence[int], kernel_hw: Sequence
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def use_im2col(in_hw: Sequence[int], kernel_hw: Sequence[int], padding: Sequence[tuple[int, int]]) -> bool:
-    """The static choice: im2col + matmul when the output map has ≤ :data:`IM2COL_MAX_PIXELS` pixels.
+def use_im2col(
+    in_hw: Sequence[int], kernel_hw: Sequence[int], padding: Sequence[tuple[int, int]], in_channels: int | None = None
+) -> bool:
+    """The static choice: im2col + matmul when the output map has ≤ :data:`IM2COL_MAX_PIXELS` pixels
+    or the input has ≤ :data:`IM2COL_MAX_IN_CHANNELS` channels (the image layer).
 
     A 1×1 kernel is a plain matmul either way and XLA already treats it as one, so only
     kernels larger than 1×1 are rewritten.
@@ -80,7 +86,9 @@ def use_im2col(in_hw: Sequence[int], kernel_hw: Sequence[int], padding: Sequence
     if tuple(kernel_hw) == (1, 1):
         return False
     out = [h + lo + hi - k + 1 for h, k, (lo, hi) in zip(in_hw, kernel_hw, padding)]
-    return min(out) >= 1 and out[0] * out[1] <= IM2COL_MAX_PIXELS
+    if min(out) < 1:
+        return False
+    return out[0] * out[1] <= IM2COL_MAX_PIXELS or (in_channels is not None and in_channels <= IM2COL_MAX_IN_CHANNELS)
 
 
 def use_tap_gradient(in_hw: Sequence[int], kernel_hw: Sequence[int], out_channels: int) -> bool:
@@ -220,7 +228,7 @@ def conv_general_dilated(
     )
     if simple:
         pads = explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
-        if use_im2col(lhs.shape[1:3], rhs.shape[:2], pads):
+        if use_im2col(lhs.shape[1:3], rhs.shape[:2], pads, lhs.shape[3]):
             return im2col_conv(lhs, rhs, pads, precision=precision, preferred_element_type=preferred_element_type)
         if use_tap_gradient(lhs.shape[1:3], rhs.shape[:2], rhs.shape[3]):
             return tapgrad_conv(lhs, rhs, pads, precision, preferred_element_type)
