@@ -149,3 +149,21 @@ def test_tapgrad_is_chosen_for_wide_layers_on_large_maps():
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)  # noqa: E731
     eqns = jax.make_jaxpr(f)(x, k).eqns
     assert any(e.primitive.name.startswith("custom_vjp") for e in eqns)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 5, 2)])
+def test_max_pool_matches_reduce_window_values_and_gradients(shape):
+    x = jax.random.normal(jax.random.key(3), shape)  # continuous values: no ties
+
+    def ref(x):
+        return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+    np.testing.assert_array_equal(jax.jit(layers.max_pool)(x), jax.jit(ref)(x))
+    g1 = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(layers.max_pool(x)))))(x)
+    g2 = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(ref(x)))))(x)
+    np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6)
+    # Ties (a dead-ReLU or constant-init map): the whole gradient goes to the first maximum, as reduce_window's.
+    z = jnp.zeros(shape).at[:, ::3].set(1.0)
+    t1 = jax.jit(jax.grad(lambda x: jnp.sum(layers.max_pool(x) * 2.0)))(z)
+    t2 = jax.jit(jax.grad(lambda x: jnp.sum(ref(x) * 2.0)))(z)
+    np.testing.assert_array_equal(t1, t2)

@@ -19,8 +19,9 @@ What it measures, in one process (and one helper subprocess):
 * the input pipeline alone (embedded digits, resized to ``--size``, augmented) in images/s;
 * with ``--torch``: torchvision's model of the same name with 10 classes, SGD momentum 0.9
   weight decay 5e-4, in PyTorch eager and under ``torch.compile``, and the ratios;
-* with ``--profile``: each conv layer's forward+backward time for ``lax.conv`` and for
-  im2col+matmul at its shape (the measurement behind :mod:`vggjax.conv`).
+* with ``--profile``: each conv layer's forward+backward time for ``lax.conv``, im2col+matmul
+  and the per-tap kernel gradient at its shape (the measurement behind :mod:`vggjax.conv`),
+  and each max pool's with ``reduce_window`` and with :func:`vggjax.layers.max_pool`.
 
 The JSON record (``--out``) also holds the machine: CPU model and flags, cores, library
 versions, XLA flags, and the load average at start and end (the numbers are only
@@ -374,6 +375,37 @@ def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
     return rows
 
 
+def pool_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5) -> list[dict[str, Any]]:
+    """Forward+backward time of each 2×2 max pool of ``arch``: ``nnx.max_pool`` (reduce_window) vs :func:`vggjax.layers.max_pool`."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vggjax import layers
+
+    shapes, seen = [], set()
+    for layer in conv_layer_shapes(arch, size, batch, width):
+        n, h, w, _, o = layer["shape"]
+        stage = layer["name"].split("_")[0][4:]
+        shapes.append((f"pool{stage}", (n, h, w, o)))
+    rows = []
+    for name, shape in reversed(shapes):  # the last conv of each stage feeds its pool
+        if name in seen:
+            continue
+        seen.add(name)
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+        row: dict[str, Any] = {"name": name, "shape": list(shape)}
+        for label, f in (
+            ("reduce_window", lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")),
+            ("vggjax", layers.max_pool),
+        ):
+            g = jax.jit(jax.grad(lambda x, f=f: jnp.sum(jnp.sin(f(x)))))
+            jax.block_until_ready(g(x))
+            row[f"{label}_s"] = float(np.median(_time_calls(lambda: jax.block_until_ready(g(x)), reps)))
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["name"])
+
+
 # --- input pipeline --------------------------------------------------------------------
 
 
@@ -491,6 +523,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record["input_pipeline"] = pipe
         if args.profile:
             record["conv_profile"] = conv_profile(args.arch, args.size, args.batch, args.width)
+            record["pool_profile"] = pool_profile(args.arch, args.size, args.batch, args.width)
         if args.torch:
             ratios: dict[str, float] = {}
             record["torch_eager"] = torch_bench(args.arch, args.size, args.batch, args.steps, compile=False)
@@ -547,6 +580,9 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"  {row['name']:8s} {n}x{h}x{w}x{c}->{o}: lax.conv {row['lax_conv_s'] * 1e3:7.1f} ms "
                      f"({row['lax_conv_gflops']:5.0f} GF/s)  im2col {row['im2col_s'] * 1e3:7.1f} ms "
                      f"({row['im2col_gflops']:5.0f} GF/s)  tapgrad {row['tapgrad_s'] * 1e3:7.1f} ms  -> {row['chosen']}")
+    for row in record.get("pool_profile", []):
+        lines.append(f"  {row['name']:8s} {'x'.join(map(str, row['shape']))}: reduce_window {row['reduce_window_s'] * 1e3:6.1f} ms"
+                     f"  vggjax.layers.max_pool {row['vggjax_s'] * 1e3:6.1f} ms")
     return lines
 
 

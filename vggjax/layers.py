@@ -119,8 +119,22 @@ def pooled_linear(
 
 
 def max_pool(x: Array, size: int = 2) -> Array:
-    """2-D max pooling with window and stride ``size`` and no padding (torch ``MaxPool2d(size)``)."""
-    return nnx.max_pool(x, (size, size), strides=(size, size), padding="VALID")
+    """2-D max pooling with window and stride ``size`` and no padding (torch ``MaxPool2d(size)``).
+
+    Written without ``reduce_window``: the ``size²`` window positions are stacked on a new
+    axis, the first maximum is picked with ``argmax`` and selected with ``where`` (odd
+    trailing rows/columns are dropped, as torch floors). Same values and the same gradient
+    as ``nnx.max_pool`` — all of it to the first maximum of each window in row-major order,
+    ties included — but the gradient is an elementwise select instead of XLA's
+    ``select_and_scatter``, 2-4× faster on XLA:CPU at VGG's shapes.
+    """
+    n, h, w, c = x.shape
+    oh, ow = h // size, w // size
+    xw = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
+    xw = jnp.stack([xw[:, :, i, :, j] for i in range(size) for j in range(size)], axis=3)  # (n, oh, ow, size², c)
+    first = jax.lax.stop_gradient(jnp.argmax(xw, axis=3, keepdims=True))
+    pick = jnp.arange(size * size).reshape(1, 1, 1, -1, 1) == first
+    return jnp.sum(jnp.where(pick, xw, jnp.zeros((), x.dtype)), axis=3)
 
 
 def check_input(x: Array, *, channels: int, min_size: int, name: str, why: str) -> None:
