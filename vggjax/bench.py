@@ -185,7 +185,7 @@ def _batch(size: int, batch: int, channels: int = 3) -> dict[str, Any]:
 
 
 def use_plain_formulations() -> None:
-    """Turn off every shape-dependent fast path (``--plain``): ``lax.conv`` everywhere, pool then fc6.
+    """Turn off every fast path (``--plain``): ``lax.conv`` everywhere, pool then fc6, reduce_window max pool.
 
     The "straightforward Flax NNX step" the fast paths are measured against. Trace-time
     switches, so call it before the step is traced (and pass ``--plain`` to the warm probe).
@@ -197,6 +197,7 @@ def use_plain_formulations() -> None:
     conv_lib.IM2COL_MAX_IN_CHANNELS = 0
     conv_lib.TAPGRAD_MIN_PIXELS = 1 << 62
     layers.FOLD_POOLED_LINEAR = False
+    layers.FAST_MAX_POOL = False
 
 
 def build_step(config) -> tuple[Callable, Any]:

@@ -118,6 +118,10 @@ def pooled_linear(
     return y if bias is None else y + bias
 
 
+# Switch for benchmarks (``python -m vggjax.bench --plain``): False uses nnx.max_pool (reduce_window).
+FAST_MAX_POOL = True
+
+
 def max_pool(x: Array, size: int = 2) -> Array:
     """2-D max pooling with window and stride ``size`` and no padding (torch ``MaxPool2d(size)``).
 
@@ -128,6 +132,8 @@ def max_pool(x: Array, size: int = 2) -> Array:
     ties included — but the gradient is an elementwise select instead of XLA's
     ``select_and_scatter``, 2-4× faster on XLA:CPU at VGG's shapes.
     """
+    if not FAST_MAX_POOL:
+        return nnx.max_pool(x, (size, size), strides=(size, size), padding="VALID")
     n, h, w, c = x.shape
     oh, ow = h // size, w // size
     xw = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
