@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 
@@ -40,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 import vggjax
+from vggjax.metrics import dump_json
 from vggjax.models.heads import FCHead
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,28 +62,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-batch", type=int, default=6, help="224×224 crops per forward pass (memory bound)")
     return p.parse_args(argv)
-
-
-_NUMBER_LIST = re.compile(r"\[[-+0-9.eEnulaNInfity,\s]*\]")
-
-
-def _round(obj):
-    """Floats to 9 significant digits (enough to round-trip a float32), recursively."""
-    if isinstance(obj, float):
-        return float(f"{obj:.9g}")
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_round(v) for v in obj]
-    return obj
-
-
-def dump_json(obj, path: str) -> None:
-    """Write ``obj`` as indented JSON, floats to 9 significant digits, lists of numbers on one line."""
-    text = json.dumps(_round(obj), indent=1)
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",") if x.strip()) + "]", text)
-    with open(path, "w") as f:
-        f.write(text + "\n")
 
 
 def versions() -> dict:

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import re
 import sys
 import time
 
@@ -45,6 +44,7 @@ from flax import nnx
 import vggjax
 from vggjax import diagnostics, losses, optim
 from vggjax import train as vtrain
+from vggjax.metrics import dump_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results", "gap_dead_relu")
@@ -129,28 +129,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="learning rate of the variant runs (preset default)")
     p.add_argument("--replot", action="store_true", help="only redraw the PNGs from OUT/result.json")
     return p.parse_args(argv)
-
-
-_NUMBER_LIST = re.compile(r"\[[-+0-9.eEnulaNInfity,\s]*\]")
-
-
-def _round(obj):
-    """Floats to 9 significant digits (enough to round-trip a float32), recursively."""
-    if isinstance(obj, float):
-        return float(f"{obj:.9g}")
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_round(v) for v in obj]
-    return obj
-
-
-def dump_json(obj, path: str) -> None:
-    """Write ``obj`` as indented JSON, floats to 9 significant digits, lists of numbers on one line."""
-    text = json.dumps(_round(obj), indent=1)
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",") if x.strip()) + "]", text)
-    with open(path, "w") as f:
-        f.write(text + "\n")
 
 
 def versions() -> dict:

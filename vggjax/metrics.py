@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Mapping
@@ -97,6 +98,28 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl`` file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+_NUMBER_LIST = re.compile(r"\[[-+0-9.eEnulaNInfity,\s]*\]")
+
+
+def _round(obj: Any) -> Any:
+    """Floats to 9 significant digits (enough to round-trip a float32), recursively."""
+    if isinstance(obj, float):
+        return float(f"{obj:.9g}")
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v) for v in obj]
+    return obj
+
+
+def dump_json(obj: Any, path: str) -> None:
+    """Write a result record ``obj`` as indented JSON, floats to 9 significant digits, lists of numbers on one line."""
+    text = json.dumps(_round(obj), indent=1)
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",") if x.strip()) + "]", text)
+    with open(path, "w") as f:
+        f.write(text + "\n")
 
 
 def plot_curves(path: str, out_png: str) -> str:
