@@ -56,6 +56,7 @@ def test_dispatch_is_static_and_only_for_small_maps():
     p = ((1, 1), (1, 1))
     assert conv_lib.use_im2col((2, 2), (3, 3), p)
     assert conv_lib.use_im2col((1, 1), (3, 3), p)
+    assert conv_lib.use_im2col((4, 4), (3, 3), p, 512)
     assert not conv_lib.use_im2col((8, 8), (3, 3), p)
     assert not conv_lib.use_im2col((8, 8), (3, 3), p, 64)
     assert conv_lib.use_im2col((32, 32), (3, 3), p, 3)  # the RGB image layer

@@ -108,6 +108,24 @@ def digits_config(**overrides):
     return tiny_config(**{**base, **overrides})
 
 
+def test_step_finiteness_test_is_exact_for_weights_and_names_the_first_bad_leaf():
+    """The step's one-reduction finiteness test: NaN/±inf anywhere -> non-finite; huge finite weights are not."""
+    import jax.numpy as jnp
+
+    big = jnp.full((4, 3), 3e38, jnp.float32)  # its plain sum would overflow to inf
+    for bad in (np.nan, np.inf, -np.inf):
+        leaves = [jnp.ones(5), big, jnp.ones((2, 2)).at[1, 0].set(bad)]
+        sums = train._leaf_sums(leaves)
+        assert not bool(train._all_finite(sums))
+        assert int(train._first_nonfinite(sums, [1, 2, 0])) == 1  # leaf 2 is second in that order
+    sums = train._leaf_sums([jnp.ones(5), big])
+    assert bool(train._all_finite(sums)) and int(train._first_nonfinite(sums, [0, 1])) == -1
+    # Gradients are tested through their squares, which also feed the norm.
+    g = [jnp.array([3.0, 4.0]), jnp.array([jnp.nan])]
+    sq = train._leaf_sums(g, square=True)
+    assert float(sq[0]) == 25.0 and int(train._first_nonfinite(sq, [0, 1])) == 1
+
+
 def test_nan_policy_skip_keeps_params_finite_and_finishes(tmp_path, capsys):
     from vggjax import checkpoint, metrics
 

@@ -34,9 +34,10 @@ Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
 
 # The largest output map (H·W pixels) for which im2col beats lax.conv. Measured per VGG
-# layer (fwd+bwd, vggjax.bench --profile): im2col wins clearly at 2×2 and 1×1; above
-# that the two trade places within noise, so lax.conv stays the default there.
-IM2COL_MAX_PIXELS = 4
+# layer (fwd+bwd, vggjax.bench --profile): im2col wins by 30-40× at 2×2 and by ~20% at
+# 4×4 (VGG-16's conv4 at 32×32: 42 vs 52 ms and 84 vs 109 ms, interleaved, median of
+# 15); from 8×8 up the two trade places within noise, so lax.conv stays the default there.
+IM2COL_MAX_PIXELS = 16
 # ... and for the image layer (3 RGB or 1 grey input channels): lax.conv's gradient of a
 # conv with a tiny input-channel count runs at ~16 GFLOP/s, im2col (K = 9·C) about twice that.
 IM2COL_MAX_IN_CHANNELS = 4

@@ -105,13 +105,12 @@ def pooled_linear(
     oh, ow = (pool_size, pool_size) if isinstance(pool_size, int) else pool_size
     n, h, w, c = x.shape
     if pooled_linear_fold((h, w), (oh, ow), n):
-        k4 = kernel.reshape(oh, ow, c, -1)
-        ph = jnp.asarray(_adaptive_matrix(h, oh), kernel.dtype)  # (oh, h)
-        pw = jnp.asarray(_adaptive_matrix(w, ow), kernel.dtype)  # (ow, w)
-        hi = jax.lax.Precision.HIGHEST
-        k4 = jnp.einsum("oh,opck->hpck", ph, k4, precision=hi)
-        k4 = jnp.einsum("pw,hpck->hwck", pw, k4, precision=hi)
-        y = jnp.matmul(x.reshape(n, -1), k4.reshape(h * w * c, -1), precision=precision)
+        # One (h·w × oh·ow) @ (oh·ow × C·K) matmul folds both averaging matrices into the
+        # kernel; its gradient is the transposed matmul, written straight in the kernel's
+        # layout (two einsums would add a kernel-sized transpose copy to every step).
+        fold = np.kron(_adaptive_matrix(h, oh), _adaptive_matrix(w, ow)).T  # (h·w, oh·ow)
+        k_eff = jnp.matmul(jnp.asarray(fold, kernel.dtype), kernel.reshape(oh * ow, -1), precision=jax.lax.Precision.HIGHEST)
+        y = jnp.matmul(x.reshape(n, -1), k_eff.reshape(h * w * c, -1), precision=precision)
     else:
         pooled = adaptive_avg_pool(x, (oh, ow))
         y = jnp.matmul(pooled.reshape(n, -1), kernel, precision=precision)

@@ -209,18 +209,32 @@ def leaf_names(tree: Any) -> list[str]:
     return names
 
 
-def _first_nonfinite(leaves: list[jax.Array], order: list[int]) -> jax.Array:
-    """Position in ``order`` of the first leaf holding a NaN/inf, or -1 (an int32 scalar)."""
-    if not leaves:
+def _leaf_sums(tree: Any, square: bool = False) -> list[jax.Array]:
+    """Per floating leaf, one float reduction that is NaN/±inf exactly when the leaf is bad.
+
+    ``square=False``: ``sum(x * 0)`` — ``x * 0`` is 0 for finite ``x`` and NaN for NaN/±inf,
+    so the sum is non-finite exactly when the leaf holds a NaN or an infinity, and it cannot
+    overflow. ``square=True`` (gradients): ``sum(x²)``, which also feeds the gradient norm;
+    it is non-finite for any NaN/inf and also when the squares overflow (elements past
+    ~1e19 — the norm is infinite then, and the step is counted as non-finite).
+    A float reduction is one vectorized pass on XLA:CPU; ``all(isfinite(x))`` writes a
+    boolean array first and costs ~3× as much on VGG's 103M-weight fc6 (70 vs 22 ms).
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return [jnp.sum(jnp.square(x) if square else x * 0, dtype=jnp.float32) for x in leaves]
+
+
+def _first_nonfinite(sums: list[jax.Array], order: list[int]) -> jax.Array:
+    """Position in ``order`` of the first leaf whose sum is NaN/inf, or -1 (an int32 scalar)."""
+    if not sums:
         return jnp.array(-1, jnp.int32)
-    ok = jnp.stack([jnp.all(jnp.isfinite(leaves[i])) for i in order])
+    ok = jnp.isfinite(jnp.stack([sums[i] for i in order]))
     return jnp.where(jnp.all(ok), -1, jnp.argmin(ok)).astype(jnp.int32)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    """True when no floating leaf of ``tree`` holds a NaN or an infinity (a bool scalar)."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+def _all_finite(sums: list[jax.Array]) -> jax.Array:
+    """True when every sum is finite (a bool scalar)."""
+    return jnp.all(jnp.isfinite(jnp.stack(sums))) if sums else jnp.array(True)
 
 
 def make_train_step(
@@ -262,14 +276,16 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         _, _, _, batch_stats, rngs = split_model(model)
-        grad_norm = optax.tree.norm(grads)
-        # The new weights and BatchNorm statistics too: with an absurd learning rate a
-        # finite gradient still overflows the update (lr 1e38 x grad 10 = inf weights).
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & _all_finite((params, batch_stats))
+        # One reduction per leaf serves the gradient norm, the finiteness test and the
+        # culprit's name. The new weights and BatchNorm statistics are tested too: with an
+        # absurd learning rate a finite gradient still overflows the update (lr 1e38 x grad 10).
+        grad_sq, param_sums = _leaf_sums(grads, square=True), _leaf_sums(params)
+        grad_norm = jnp.sqrt(sum(grad_sq)) if grad_sq else jnp.array(0.0, jnp.float32)
+        finite = jnp.isfinite(metrics["loss"]) & _all_finite(grad_sq + param_sums + _leaf_sums(batch_stats))
         # Static: which parameter the network reads first (traced once, at compile time).
         order = forward_order(graphdef, state, batch["image"].shape)
-        bad_grad = _first_nonfinite(jax.tree.leaves(grads), order)
-        bad_param = _first_nonfinite(jax.tree.leaves(params), order)
+        bad_grad = _first_nonfinite(grad_sq, order)
+        bad_param = _first_nonfinite(param_sums, order)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, rngs=rngs, opt_state=opt_state)
         if skip_nonfinite:
             # Keep the previous weights, statistics and optimizer state; count the step.
