@@ -56,7 +56,11 @@ def test_dispatch_is_static_and_only_for_small_maps():
     p = ((1, 1), (1, 1))
     assert conv_lib.use_im2col((2, 2), (3, 3), p)
     assert conv_lib.use_im2col((1, 1), (3, 3), p)
-    assert conv_lib.use_im2col((4, 4), (3, 3), p, 512)
+    assert not conv_lib.use_im2col((4, 4), (3, 3), p, 512)  # batch unknown: only by map size
+    assert conv_lib.use_im2col((4, 4), (3, 3), p, 512, 64)  # 1024 matmul rows
+    assert conv_lib.use_im2col((14, 14), (3, 3), p, 512, 8)  # 1568 rows
+    assert not conv_lib.use_im2col((8, 8), (3, 3), p, 256, 64)  # 4096 rows: lax.conv
+    assert conv_lib.use_im2col((2, 2), (3, 3), p, 512, 4096)  # ≤ 4 pixels: any batch
     assert not conv_lib.use_im2col((8, 8), (3, 3), p)
     assert not conv_lib.use_im2col((8, 8), (3, 3), p, 64)
     assert conv_lib.use_im2col((32, 32), (3, 3), p, 3)  # the RGB image layer
@@ -66,7 +70,7 @@ def test_dispatch_is_static_and_only_for_small_maps():
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), p, dimension_numbers=NHWC)  # noqa: E731
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
     assert "dot_general" in prims and "conv_general_dilated" not in prims
-    big, k16 = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 8))
+    big, k16 = jnp.ones((64, 8, 8, 16)), jnp.ones((3, 3, 16, 8))  # 4096 matmul rows
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(big, k16).eqns}
     assert "conv_general_dilated" in prims
 
@@ -146,7 +150,7 @@ def test_tapgrad_is_chosen_for_wide_layers_on_large_maps():
     assert conv_lib.use_tap_gradient((16, 16), (3, 3), 128)
     assert not conv_lib.use_tap_gradient((16, 16), (3, 3), 64)
     assert not conv_lib.use_tap_gradient((8, 8), (3, 3), 256)
-    x, k = jnp.ones((1, 16, 16, 8)), jnp.ones((3, 3, 8, 128))
+    x, k = jnp.ones((16, 16, 16, 8)), jnp.ones((3, 3, 8, 128))  # 4096 matmul rows: not im2col
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)  # noqa: E731
     eqns = jax.make_jaxpr(f)(x, k).eqns
     assert any(e.primitive.name.startswith("custom_vjp") for e in eqns)

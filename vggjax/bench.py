@@ -194,6 +194,7 @@ def use_plain_formulations() -> None:
     from vggjax import layers
 
     conv_lib.IM2COL_MAX_PIXELS = 0
+    conv_lib.IM2COL_MAX_ROWS = 0
     conv_lib.IM2COL_MAX_IN_CHANNELS = 0
     conv_lib.TAPGRAD_MIN_PIXELS = 1 << 62
     layers.FOLD_POOLED_LINEAR = False
@@ -359,7 +360,7 @@ def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
         x = jax.random.normal(jax.random.key(0), (n, h, w, c), jnp.float32)
         k = jax.random.normal(jax.random.key(1), (3, 3, c, o), jnp.float32) * 0.05
         flops = 3 * 2 * n * h * w * 9 * c * o
-        if conv_lib.use_im2col((h, w), (3, 3), pads, c):
+        if conv_lib.use_im2col((h, w), (3, 3), pads, c, n):
             chosen = "im2col"
         elif conv_lib.use_tap_gradient((h, w), (3, 3), o):
             chosen = "tapgrad"

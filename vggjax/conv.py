@@ -33,11 +33,14 @@ from jax import lax
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
 
-# The largest output map (H·W pixels) for which im2col beats lax.conv. Measured per VGG
-# layer (fwd+bwd, vggjax.bench --profile): im2col wins by 30-40× at 2×2 and by ~20% at
-# 4×4 (VGG-16's conv4 at 32×32: 42 vs 52 ms and 84 vs 109 ms, interleaved, median of
-# 15); from 8×8 up the two trade places within noise, so lax.conv stays the default there.
-IM2COL_MAX_PIXELS = 16
+# Where im2col beats lax.conv, from the per-layer profile (vggjax.bench --profile) and
+# interleaved fwd+bwd timings (median of 11-15): always on output maps of ≤ 4 pixels (by
+# 30-40× at 2×2), and whenever the matmul has ≤ IM2COL_MAX_ROWS rows (batch × output
+# pixels) — VGG-16's 4×4 layers at batch 64 (42 vs 52 ms, 84 vs 109 ms), 14×14 and 7×7 at
+# batch 8 (63 vs 75, 132 vs 148, 28 vs 42 ms) — while at 8×8 × batch 64 (4096 rows)
+# lax.conv wins (86 vs 100 ms). Under mesh-jit the batch seen here is the global one.
+IM2COL_MAX_PIXELS = 4
+IM2COL_MAX_ROWS = 2048
 # ... and for the image layer (3 RGB or 1 grey input channels): lax.conv's gradient of a
 # conv with a tiny input-channel count runs at ~16 GFLOP/s, im2col (K = 9·C) about twice that.
 IM2COL_MAX_IN_CHANNELS = 4
@@ -76,10 +79,15 @@ def explicit_padding(padding: Padding, in_hw: Sequence[int], kernel_hw: Sequence
 
 
 def use_im2col(
-    in_hw: Sequence[int], kernel_hw: Sequence[int], padding: Sequence[tuple[int, int]], in_channels: int | None = None
+    in_hw: Sequence[int],
+    kernel_hw: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    in_channels: int | None = None,
+    batch: int | None = None,
 ) -> bool:
-    """The static choice: im2col + matmul when the output map has ≤ :data:`IM2COL_MAX_PIXELS` pixels
-    or the input has ≤ :data:`IM2COL_MAX_IN_CHANNELS` channels (the image layer).
+    """The static choice: im2col + matmul when the output map has ≤ :data:`IM2COL_MAX_PIXELS` pixels,
+    when ``batch`` × output pixels ≤ :data:`IM2COL_MAX_ROWS`, or when the input has
+    ≤ :data:`IM2COL_MAX_IN_CHANNELS` channels (the image layer).
 
     A 1×1 kernel is a plain matmul either way and XLA already treats it as one, so only
     kernels larger than 1×1 are rewritten.
@@ -89,7 +97,12 @@ def use_im2col(
     out = [h + lo + hi - k + 1 for h, k, (lo, hi) in zip(in_hw, kernel_hw, padding)]
     if min(out) < 1:
         return False
-    return out[0] * out[1] <= IM2COL_MAX_PIXELS or (in_channels is not None and in_channels <= IM2COL_MAX_IN_CHANNELS)
+    pixels = out[0] * out[1]
+    return (
+        pixels <= IM2COL_MAX_PIXELS
+        or (batch is not None and batch * pixels <= IM2COL_MAX_ROWS)
+        or (in_channels is not None and in_channels <= IM2COL_MAX_IN_CHANNELS)
+    )
 
 
 def use_tap_gradient(in_hw: Sequence[int], kernel_hw: Sequence[int], out_channels: int) -> bool:
@@ -229,7 +242,7 @@ def conv_general_dilated(
     )
     if simple:
         pads = explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
-        if use_im2col(lhs.shape[1:3], rhs.shape[:2], pads, lhs.shape[3]):
+        if use_im2col(lhs.shape[1:3], rhs.shape[:2], pads, lhs.shape[3], lhs.shape[0]):
             return im2col_conv(lhs, rhs, pads, precision=precision, preferred_element_type=preferred_element_type)
         if use_tap_gradient(lhs.shape[1:3], rhs.shape[:2], rhs.shape[3]):
             return tapgrad_conv(lhs, rhs, pads, precision, preferred_element_type)
