@@ -52,6 +52,36 @@ def test_im2col_matches_lax_conv_forward_and_gradients(hw, kernel, pads):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "hw, kernel, pads",
+    [
+        ((6, 5), (3, 3), ((1, 1), (1, 1))),  # SAME, as in VGG
+        ((4, 6), (3, 3), ((0, 0), (0, 0))),  # VALID
+        ((5, 4), (3, 2), ((2, 0), (1, 0))),  # asymmetric padding, non-square kernel
+        ((4, 4), (1, 3), ((0, 0), (1, 1))),
+    ],
+)
+def test_row_im2col_matches_lax_conv_forward_and_gradients(hw, kernel, pads):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((*kernel, 5, 7)), jnp.float32)
+    f = jax.jit(lambda x, k: conv_lib.row_im2col_conv(x, k, pads, precision=lax.Precision.HIGHEST))
+    np.testing.assert_allclose(f(x, k), _ref_conv(x, k, pads), rtol=1e-5, atol=1e-5)
+    got = jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(x, k)
+    want = jax.jit(jax.grad(_loss(lambda x, k: _ref_conv(x, k, pads)), argnums=(0, 1)))(x, k)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_row_im2col_is_chosen_for_narrow_layers_on_large_maps():
+    assert conv_lib.use_row_im2col((3, 3), 64) and not conv_lib.use_row_im2col((3, 3), 128)
+    assert not conv_lib.use_row_im2col((1, 1), 64)
+    f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)  # noqa: E731
+    x, k = jnp.ones((64, 32, 32, 64)), jnp.ones((3, 3, 64, 64))  # VGG-16's conv1_2 at 32x32, batch 64
+    prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
+    assert "dot_general" in prims and "conv_general_dilated" not in prims
+
+
 def test_dispatch_is_static_and_only_for_small_maps():
     p = ((1, 1), (1, 1))
     assert conv_lib.use_im2col((2, 2), (3, 3), p)
@@ -70,7 +100,7 @@ def test_dispatch_is_static_and_only_for_small_maps():
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), p, dimension_numbers=NHWC)  # noqa: E731
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
     assert "dot_general" in prims and "conv_general_dilated" not in prims
-    big, k16 = jnp.ones((64, 8, 8, 16)), jnp.ones((3, 3, 16, 8))  # 4096 matmul rows
+    big, k16 = jnp.ones((64, 8, 8, 16)), jnp.ones((3, 3, 16, 128))  # 4096 matmul rows, 128 outputs
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(big, k16).eqns}
     assert "conv_general_dilated" in prims
 

@@ -19,8 +19,8 @@ What it measures, in one process (and one helper subprocess):
 * the input pipeline alone (embedded digits, resized to ``--size``, augmented) in images/s;
 * with ``--torch``: torchvision's model of the same name with 10 classes, SGD momentum 0.9
   weight decay 5e-4, in PyTorch eager and under ``torch.compile``, and the ratios;
-* with ``--profile``: each conv layer's forward+backward time for ``lax.conv``, im2col+matmul
-  and the per-tap kernel gradient at its shape (the measurement behind :mod:`vggjax.conv`),
+* with ``--profile``: each conv layer's forward+backward time for ``lax.conv``, im2col+matmul,
+  the per-tap kernel gradient and width-only im2col ("rows") at its shape (the measurement behind :mod:`vggjax.conv`),
   and each max pool's with ``reduce_window`` and with :func:`vggjax.layers.max_pool`.
 
 The JSON record (``--out``) also holds the machine: CPU model and flags, cores, library
@@ -195,6 +195,7 @@ def use_plain_formulations() -> None:
 
     conv_lib.IM2COL_MAX_PIXELS = 0
     conv_lib.IM2COL_MAX_ROWS = 0
+    conv_lib.ROW_IM2COL_MAX_OUT_CHANNELS = 0
     conv_lib.IM2COL_MAX_IN_CHANNELS = 0
     conv_lib.TAPGRAD_MIN_PIXELS = 1 << 62
     layers.FOLD_POOLED_LINEAR = False
@@ -336,8 +337,9 @@ def conv_layer_shapes(arch: str, size: int, batch: int, width: float = 1.0) -> l
 def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5) -> list[dict[str, Any]]:
     """Forward+backward time of each 3×3 conv layer of ``arch`` in every formulation of :mod:`vggjax.conv`.
 
-    ``lax_conv`` (XLA's conv and its gradients), ``im2col`` (patches + one matmul) and
-    ``tapgrad`` (lax.conv forward and input gradient, kernel gradient as per-tap matmuls).
+    ``lax_conv`` (XLA's conv and its gradients), ``im2col`` (patches + one matmul),
+    ``tapgrad`` (lax.conv forward and input gradient, kernel gradient as per-tap matmuls)
+    and ``rows`` (im2col along the width, one matmul with the kernel rows side by side).
 
     Per layer: the input shape, its fwd+bwd FLOPs (3 × forward), the median seconds and
     GFLOP/s of each formulation, and which one :mod:`vggjax.conv` chooses for that shape.
@@ -353,6 +355,7 @@ def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
         "lax_conv": lambda x, k: lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")),
         "im2col": lambda x, k: conv_lib.im2col_conv(x, k, pads),
         "tapgrad": lambda x, k: conv_lib.tapgrad_conv(x, k, pads),
+        "rows": lambda x, k: conv_lib.row_im2col_conv(x, k, pads),
     }
     rows = []
     for layer in conv_layer_shapes(arch, size, batch, width):
@@ -362,6 +365,8 @@ def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
         flops = 3 * 2 * n * h * w * 9 * c * o
         if conv_lib.use_im2col((h, w), (3, 3), pads, c, n):
             chosen = "im2col"
+        elif conv_lib.use_row_im2col((3, 3), o):
+            chosen = "rows"
         elif conv_lib.use_tap_gradient((h, w), (3, 3), o):
             chosen = "tapgrad"
         else:
@@ -581,7 +586,8 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         n, h, w, c, o = row["shape"]
         lines.append(f"  {row['name']:8s} {n}x{h}x{w}x{c}->{o}: lax.conv {row['lax_conv_s'] * 1e3:7.1f} ms "
                      f"({row['lax_conv_gflops']:5.0f} GF/s)  im2col {row['im2col_s'] * 1e3:7.1f} ms "
-                     f"({row['im2col_gflops']:5.0f} GF/s)  tapgrad {row['tapgrad_s'] * 1e3:7.1f} ms  -> {row['chosen']}")
+                     f"({row['im2col_gflops']:5.0f} GF/s)  tapgrad {row['tapgrad_s'] * 1e3:7.1f} ms  "
+                     f"rows {row.get('rows_s', float('nan')) * 1e3:7.1f} ms  -> {row['chosen']}")
     for row in record.get("pool_profile", []):
         lines.append(f"  {row['name']:8s} {'x'.join(map(str, row['shape']))}: reduce_window {row['reduce_window_s'] * 1e3:6.1f} ms"
                      f"  vggjax.layers.max_pool {row['vggjax_s'] * 1e3:6.1f} ms")
