@@ -15,7 +15,7 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [
         sys.executable, "-m", "vggjax.bench", "--arch", "vgg11_bn", "--width", "0.0625", "--size", "32",
-        "--batch", "4", "--steps", "2", "--peak-size", "512", "--pipeline-seconds", "0.3", "--out", str(out),
+        "--batch", "4", "--steps", "2", "--peak-size", "512", "--pipeline-seconds", "0.3", "--op-profile", "--out", str(out),
     ]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -40,6 +40,10 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     assert m["cpu_model"] and m["logical_cores"] > 0 and m["versions"]["jax"]
     assert len(r["load_avg_start"]) == 3 and len(r["load_avg_end"]) == 3
     assert "torch_eager" not in r  # --torch not given
+    ops = jx["op_profile"]
+    assert ops["total_op_ms_per_step"] > 0 and ops["by_kind_ms_per_step"]
+    assert ops["top_ops"] and all(op["ms_per_step"] > 0 and op["shape"] for op in ops["top_ops"])
+    assert len(r["git"]["commit"]) == 40  # the code that was measured
 
 
 def test_conv_layer_shapes_follow_the_config():

@@ -88,6 +88,19 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _git_state() -> dict[str, Any]:
+    """The commit of the code being measured, and whether the working tree differs from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if head.returncode != 0:
+        return {}
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, ISA flags of interest, cores, memory, library versions, XLA flags."""
     import jax
@@ -272,8 +285,63 @@ def _memory(compiled) -> dict[str, float]:
     return {f.replace("_in_bytes", "_mib"): getattr(m, f, 0) / 2**20 for f in fields}
 
 
-def jax_step_bench(config, steps: int, warmup: int = 2) -> dict[str, Any]:
-    """Compile (cold cache) and time ``steps`` steady-state train steps of ``config``."""
+def op_profile(compiled, state: Any, batch: Any, steps: int = 3, top: int = 25) -> tuple[dict[str, Any], Any]:
+    """Time of every XLA op in ``steps`` executions of ``compiled`` (jax.profiler), per step.
+
+    Sums the trace events of XLA:CPU's worker threads by op name (thunk names such as
+    ``ynn_fusion.3`` or ``multiply_add_fusion.35``) and by kind (the name without its
+    number), and gives each top op's shape and JAX source op from the compiled HLO — the
+    view that found fc6's kernel-sized copies and boolean reductions. Ops on the two
+    threads overlap, so the total exceeds the wall time. Returns ``(profile, state)``
+    (the state is donated to each step, so the caller continues with the returned one).
+    """
+    import collections
+    import re
+
+    import jax
+
+    trace_dir = tempfile.mkdtemp(prefix="vggjax-op-profile-")
+    try:
+        jax.profiler.start_trace(trace_dir)
+        try:
+            for _ in range(steps):
+                state, metrics = compiled(state, batch)
+                jax.block_until_ready((state, metrics))
+        finally:
+            jax.profiler.stop_trace()
+        files = [os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs if f.endswith(".xplane.pb")]
+        data = jax.profiler.ProfileData.from_file(sorted(files)[-1])
+        per_op: collections.Counter = collections.Counter()
+        for plane in data.planes:
+            for line in plane.lines:
+                if not line.name.startswith("tf_XLAEigen"):
+                    continue
+                for ev in line.events:
+                    if "::" not in ev.name and not ev.name.startswith("end: "):
+                        per_op[ev.name] += ev.duration_ns
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+    hlo = {}
+    for text_line in compiled.as_text().splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+)", text_line)
+        if m:
+            src = re.search(r'op_name="([^"]*)"', text_line)
+            hlo[m.group(1)] = {"shape": m.group(2), "source": src.group(1) if src else ""}
+    kinds: collections.Counter = collections.Counter()
+    for name, ns in per_op.items():
+        kinds[re.sub(r"\.\d+$", "", name)] += ns
+    ms = lambda ns: ns / 1e6 / steps  # noqa: E731
+    profile = {
+        "steps": steps,
+        "total_op_ms_per_step": ms(sum(per_op.values())),
+        "by_kind_ms_per_step": {k: ms(v) for k, v in kinds.most_common(15)},
+        "top_ops": [{"op": k, "ms_per_step": ms(v), **hlo.get(k, {})} for k, v in per_op.most_common(top)],
+    }
+    return profile, state
+
+
+def jax_step_bench(config, steps: int, warmup: int = 2, with_op_profile: bool = False) -> dict[str, Any]:
+    """Compile (cold cache) and time ``steps`` steady-state train steps of ``config`` (+ :func:`op_profile`)."""
     import jax
 
     c = compile_step(config)
@@ -292,6 +360,8 @@ def jax_step_bench(config, steps: int, warmup: int = 2) -> dict[str, Any]:
     out["step_times_s"] = times
     out.update(_cost(compiled))
     out["xla_memory"] = _memory(compiled)
+    if with_op_profile:
+        out["op_profile"], holder["state"] = op_profile(compiled, holder["state"], batch)
     out["peak_rss_mib"] = _peak_rss_mib()
     return out
 
@@ -485,6 +555,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager and torch.compile")
     p.add_argument("--no-torch-compile", action="store_true", help="with --torch: eager only")
     p.add_argument("--profile", action="store_true", help="per-layer conv fwd+bwd timing, lax.conv vs im2col")
+    p.add_argument("--op-profile", action="store_true", help="time of every XLA op in the step (jax.profiler)")
     p.add_argument("--no-warm-probe", action="store_true", help="skip the warm-cache first step in a subprocess")
     p.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline measurement")
     p.add_argument("--pipeline-seconds", type=float, default=3.0, help="how long to pull batches (default 3 s)")
@@ -493,6 +564,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--first-step-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help="write the JSON record here")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown results table of these records and exit")
+    p.add_argument("--plot", default="", metavar="PNG", help="with --table: also draw the step times of the records")
     return p
 
 
@@ -513,9 +585,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "dtype": args.dtype, "formulations": "plain" if args.plain else "default", "head": "fc", "num_classes": NUM_CLASSES, "optimizer":
                        f"SGD lr {LEARNING_RATE} momentum {MOMENTUM} weight_decay {WEIGHT_DECAY} (coupled)"},
             "machine": info,
+            "git": _git_state(),
             "load_avg_start": list(load_start),
         }
-        jx = jax_step_bench(config, args.steps)
+        jx = jax_step_bench(config, args.steps, with_op_profile=args.op_profile)
         record["jax"] = jx
         if not args.no_warm_probe:
             jx["warm_cache"] = warm_cache_probe(args, cache_dir)
@@ -588,6 +661,11 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                      f"({row['lax_conv_gflops']:5.0f} GF/s)  im2col {row['im2col_s'] * 1e3:7.1f} ms "
                      f"({row['im2col_gflops']:5.0f} GF/s)  tapgrad {row['tapgrad_s'] * 1e3:7.1f} ms  "
                      f"rows {row.get('rows_s', float('nan')) * 1e3:7.1f} ms  -> {row['chosen']}")
+    ops = record["jax"].get("op_profile")
+    if ops:
+        lines.append(f"XLA ops, {ops['total_op_ms_per_step']:.0f} ms per step summed over threads; top:")
+        for op in ops["top_ops"][:10]:
+            lines.append(f"  {op['ms_per_step']:7.1f} ms  {op['op']:28s} {op.get('shape', '')[:40]:40s} {op.get('source', '')[:60]}")
     for row in record.get("pool_profile", []):
         lines.append(f"  {row['name']:8s} {'x'.join(map(str, row['shape']))}: reduce_window {row['reduce_window_s'] * 1e3:6.1f} ms"
                      f"  vggjax.layers.max_pool {row['vggjax_s'] * 1e3:6.1f} ms")
@@ -632,6 +710,34 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
+    """Bar chart of each record's median step time: vggjax, PyTorch eager and torch.compile (when measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    labels, width = [], 0.27
+    for i, r in enumerate(records):
+        c = r["config"]
+        labels.append(f"{c['arch']} {c['size']}×{c['size']} b{c['batch']}" + (" plain" if c.get("formulations") == "plain" else ""))
+        bars = [("vggjax", r["jax"]["step"]["median_s"], "tab:blue"),
+                ("PyTorch eager", r.get("torch_eager", {}).get("step", {}).get("median_s"), "tab:orange"),
+                ("torch.compile", r.get("torch_compile", {}).get("step", {}).get("median_s"), "tab:green")]
+        for j, (name, sec, color) in enumerate(bars):
+            if sec:
+                ax.bar(i + (j - 1) * width, sec * 1e3, width, color=color, label=name if name not in ax.get_legend_handles_labels()[1] else None)
+                ax.text(i + (j - 1) * width, sec * 1e3, f"{sec * 1e3:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(records)), labels, fontsize=8)
+    ax.set_ylabel("train step, ms (median)")
+    ax.set_title(f"VGG train step on {records[0]['machine']['cpu_model']}, {records[0]['machine']['logical_cores']} cores", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, run the benchmark, print a summary, write ``--out``; return the record."""
     args = _parser().parse_args(argv)
@@ -643,6 +749,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             with open(path) as f:
                 records.append(json.load(f))
         print(markdown_table(records))
+        if args.plot:
+            plot_step_times(records, args.plot)
+            print(f"wrote {args.plot}")
         return {"records": records}
     if args.first_step_only:
         out = _first_step_only(args)
