@@ -257,7 +257,9 @@ def make_train_step(
     new BatchNorm statistic is NaN/inf.
     Metrics are scalars: loss, accuracy, grad_norm, lr, finite (1.0 or 0.0), and
     ``nonfinite_grad`` / ``nonfinite_param``: the position, in :func:`forward_order`, of
-    the first parameter whose gradient / updated value is NaN or inf (-1: none).
+    the first parameter whose gradient / updated value is NaN or inf (-1: none); a
+    gradient whose squares overflow float32 (elements beyond ~1e19, an infinite norm)
+    counts as non-finite too (:func:`_leaf_sums`).
     """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
