@@ -27,45 +27,31 @@ def _loss(f):
     return loss
 
 
-@pytest.mark.parametrize(
-    "hw, kernel, pads",
-    [
-        ((2, 2), (3, 3), ((1, 1), (1, 1))),  # VGG's last stage at 32x32
-        ((1, 1), (3, 3), ((1, 1), (1, 1))),  # 1x1 map with padding: only the centre tap is live
-        ((2, 1), (3, 3), ((1, 1), (1, 1))),
-        ((1, 3), (3, 3), ((1, 1), (1, 1))),
-        ((4, 4), (3, 3), ((1, 1), (1, 1))),
-        ((3, 3), (3, 3), ((0, 0), (0, 0))),  # VALID: one output pixel
-        ((2, 2), (3, 3), ((2, 0), (1, 0))),  # asymmetric padding
-        ((3, 2), (2, 2), ((0, 1), (1, 0))),
-    ],
-)
-def test_im2col_matches_lax_conv_forward_and_gradients(hw, kernel, pads):
+CASES = [
+    ((2, 2), (3, 3), ((1, 1), (1, 1))),  # VGG's last stage at 32x32
+    ((1, 1), (3, 3), ((1, 1), (1, 1))),  # 1x1 map with padding: only the centre tap is live
+    ((2, 1), (3, 3), ((1, 1), (1, 1))),
+    ((1, 3), (3, 3), ((1, 1), (1, 1))),
+    ((4, 4), (3, 3), ((1, 1), (1, 1))),
+    ((6, 5), (3, 3), ((1, 1), (1, 1))),
+    ((3, 3), (3, 3), ((0, 0), (0, 0))),  # VALID: one output pixel
+    ((4, 6), (3, 3), ((0, 0), (0, 0))),
+    ((2, 2), (3, 3), ((2, 0), (1, 0))),  # asymmetric padding
+    ((5, 4), (3, 2), ((2, 0), (1, 0))),  # ... and a non-square kernel
+    ((3, 2), (2, 2), ((0, 1), (1, 0))),
+    ((4, 4), (1, 3), ((0, 0), (1, 1))),
+]
+FORMULATIONS = {"im2col": conv_lib.im2col_conv, "rows": conv_lib.row_im2col_conv}
+
+
+@pytest.mark.parametrize("name", sorted(FORMULATIONS))
+@pytest.mark.parametrize("hw, kernel, pads", CASES)
+def test_formulation_matches_lax_conv_forward_and_gradients(name, hw, kernel, pads):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, *hw, 5)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((*kernel, 5, 7)), jnp.float32)
-    f = jax.jit(lambda x, k: conv_lib.im2col_conv(x, k, pads, precision=lax.Precision.HIGHEST))
-    np.testing.assert_allclose(f(x, k), _ref_conv(x, k, pads), rtol=1e-5, atol=1e-5)
-    got = jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(x, k)
-    want = jax.jit(jax.grad(_loss(lambda x, k: _ref_conv(x, k, pads)), argnums=(0, 1)))(x, k)
-    for g, r in zip(got, want):
-        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize(
-    "hw, kernel, pads",
-    [
-        ((6, 5), (3, 3), ((1, 1), (1, 1))),  # SAME, as in VGG
-        ((4, 6), (3, 3), ((0, 0), (0, 0))),  # VALID
-        ((5, 4), (3, 2), ((2, 0), (1, 0))),  # asymmetric padding, non-square kernel
-        ((4, 4), (1, 3), ((0, 0), (1, 1))),
-    ],
-)
-def test_row_im2col_matches_lax_conv_forward_and_gradients(hw, kernel, pads):
-    rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.standard_normal((2, *hw, 5)), jnp.float32)
-    k = jnp.asarray(rng.standard_normal((*kernel, 5, 7)), jnp.float32)
-    f = jax.jit(lambda x, k: conv_lib.row_im2col_conv(x, k, pads, precision=lax.Precision.HIGHEST))
+    conv = FORMULATIONS[name]
+    f = jax.jit(lambda x, k: conv(x, k, pads, precision=lax.Precision.HIGHEST))
     np.testing.assert_allclose(f(x, k), _ref_conv(x, k, pads), rtol=1e-5, atol=1e-5)
     got = jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(x, k)
     want = jax.jit(jax.grad(_loss(lambda x, k: _ref_conv(x, k, pads)), argnums=(0, 1)))(x, k)

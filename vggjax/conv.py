@@ -122,6 +122,16 @@ def use_tap_gradient(in_hw: Sequence[int], kernel_hw: Sequence[int], out_channel
     )
 
 
+def _geometry(x: Array, kernel: Array, padding: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    """``(N, H, W, C, kh, kw, O, oh, ow)`` of a stride-1 NHWC × HWIO conv with explicit padding."""
+    n, h, w, c = x.shape
+    kh, kw, kc, o = kernel.shape
+    if kc != c:
+        raise ValueError(f"kernel expects {kc} input channels, input has {c}")
+    (pt, pb), (pl, pr) = padding
+    return n, h, w, c, kh, kw, o, h + pt + pb - kh + 1, w + pl + pr - kw + 1
+
+
 def use_row_im2col(kernel_hw: Sequence[int], out_channels: int) -> bool:
     """The static choice of :func:`row_im2col_conv`: kernels wider than 1×1 with ≤ :data:`ROW_IM2COL_MAX_OUT_CHANNELS` outputs."""
     return tuple(kernel_hw) != (1, 1) and out_channels <= ROW_IM2COL_MAX_OUT_CHANNELS
@@ -146,12 +156,8 @@ def row_im2col_conv(
     the FLOPs (6% more at 32×32). Same values as ``lax.conv_general_dilated`` up to float
     summation order; gradients by autodiff (slices, concatenation, one matmul).
     """
-    n, h, w, c = x.shape
-    kh, kw, kc, o = kernel.shape
-    if kc != c:
-        raise ValueError(f"kernel expects {kc} input channels, input has {c}")
+    n, h, w, c, kh, kw, o, oh, ow = _geometry(x, kernel, padding)
     (pt, pb), (pl, pr) = padding
-    oh, ow = h + pt + pb - kh + 1, w + pl + pr - kw + 1
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     hp = h + pt + pb
     rows = jnp.concatenate([xp[:, :, j : j + ow, :] for j in range(kw)], axis=-1) if kw > 1 else xp[:, :, :ow, :]
@@ -239,12 +245,8 @@ def im2col_conv(
     (likewise ``ow``) — the same values as ``lax.conv_general_dilated`` up to float
     summation order. Taps that only read padding are skipped.
     """
-    n, h, w, c = x.shape
-    kh, kw, kc, o = kernel.shape
-    if kc != c:
-        raise ValueError(f"kernel expects {kc} input channels, input has {c}")
+    n, h, w, c, kh, kw, o, oh, ow = _geometry(x, kernel, padding)
     (pt, pb), (pl, pr) = padding
-    oh, ow = h + pt + pb - kh + 1, w + pl + pr - kw + 1
     i0, i1 = _live_taps(h, kh, pt, oh)
     j0, j1 = _live_taps(w, kw, pl, ow)
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
