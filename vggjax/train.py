@@ -219,9 +219,16 @@ def _leaf_sums(tree: Any, square: bool = False) -> list[jax.Array]:
     ~1e19 — the norm is infinite then, and the step is counted as non-finite).
     A float reduction is one vectorized pass on XLA:CPU; ``all(isfinite(x))`` writes a
     boolean array first and costs ~3× as much on VGG's 103M-weight fc6 (70 vs 22 ms).
+    One entry per leaf of ``tree`` (0.0 for non-floating leaves), so the list lines up with
+    :func:`forward_order`'s indices.
     """
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return [jnp.sum(jnp.square(x) if square else x * 0, dtype=jnp.float32) for x in leaves]
+
+    def reduce(x: Any) -> jax.Array:
+        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            return jnp.zeros((), jnp.float32)
+        return jnp.sum(jnp.square(x) if square else x * 0, dtype=jnp.float32)
+
+    return [reduce(x) for x in jax.tree.leaves(tree)]
 
 
 def _first_nonfinite(sums: list[jax.Array], order: list[int]) -> jax.Array:
