@@ -59,6 +59,18 @@ def test_formulation_matches_lax_conv_forward_and_gradients(name, hw, kernel, pa
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
+def test_choose_gives_vgg16s_per_layer_formulations():
+    """The dispatch table at the two benchmarked shapes (what conv_profile_*.json record as 'chosen')."""
+    from vggjax import bench
+
+    p = ((1, 1), (1, 1))
+    pick = lambda size, batch: [  # noqa: E731
+        conv_lib.choose((h, w), (3, 3), p, c, o, n) for n, h, w, c, o in (s["shape"] for s in bench.conv_layer_shapes("vgg16_bn", size, batch))
+    ]
+    assert pick(32, 64) == ["im2col", "rows", "tapgrad", "tapgrad"] + ["lax_conv"] * 3 + ["im2col"] * 6
+    assert pick(112, 8) == ["im2col", "rows"] + ["tapgrad"] * 5 + ["im2col"] * 6
+
+
 def test_row_im2col_is_chosen_for_narrow_layers_on_large_maps():
     assert conv_lib.use_row_im2col((3, 3), 64) and not conv_lib.use_row_im2col((3, 3), 128)
     assert not conv_lib.use_row_im2col((1, 1), 64)

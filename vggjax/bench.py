@@ -433,15 +433,7 @@ def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
         x = jax.random.normal(jax.random.key(0), (n, h, w, c), jnp.float32)
         k = jax.random.normal(jax.random.key(1), (3, 3, c, o), jnp.float32) * 0.05
         flops = 3 * 2 * n * h * w * 9 * c * o
-        if conv_lib.use_im2col((h, w), (3, 3), pads, c, n):
-            chosen = "im2col"
-        elif conv_lib.use_row_im2col((3, 3), o):
-            chosen = "rows"
-        elif conv_lib.use_tap_gradient((h, w), (3, 3), o):
-            chosen = "tapgrad"
-        else:
-            chosen = "lax_conv"
-        row = {**layer, "flops": flops, "chosen": chosen}
+        row = {**layer, "flops": flops, "chosen": conv_lib.choose((h, w), (3, 3), pads, c, o, n)}
         for name, f in formulations.items():
             g = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2) * 0.5, argnums=(0, 1)))
             jax.block_until_ready(g(x, k))

@@ -13,8 +13,8 @@ which XLA:CPU handles well.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature and is passed
 to ``nnx.Conv(conv_general_dilated=...)`` by :func:`vggjax.layers.conv`; it picks the
-formulation from static shapes only (:func:`use_im2col`, :func:`use_row_im2col`,
-:func:`use_tap_gradient`), so there is no runtime cost. Narrow layers (≤ 64 output
+formulation from static shapes only (:func:`choose`, over :func:`use_im2col`,
+:func:`use_row_im2col` and :func:`use_tap_gradient`), so there is no runtime cost. Narrow layers (≤ 64 output
 channels, VGG's conv1_2) on larger maps use :func:`row_im2col_conv`: im2col along the
 width only and one matmul with the kernel rows side by side. On larger maps with ≥128 output channels the forward and input
 gradient stay ``lax.conv`` but the kernel gradient — XLA:CPU's slowest part of a conv's
@@ -120,6 +120,28 @@ def use_tap_gradient(in_hw: Sequence[int], kernel_hw: Sequence[int], out_channel
         and in_hw[0] * in_hw[1] >= TAPGRAD_MIN_PIXELS
         and out_channels >= TAPGRAD_MIN_OUT_CHANNELS
     )
+
+
+def choose(
+    in_hw: Sequence[int],
+    kernel_hw: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    in_channels: int,
+    out_channels: int,
+    batch: int,
+) -> str:
+    """The formulation :func:`conv_general_dilated` uses for a stride-1 NHWC conv of this shape.
+
+    ``"im2col"``, ``"rows"`` (:func:`row_im2col_conv`), ``"tapgrad"`` or ``"lax_conv"``,
+    tried in that order; ``padding`` is explicit ((top, bottom), (left, right)).
+    """
+    if use_im2col(in_hw, kernel_hw, padding, in_channels, batch):
+        return "im2col"
+    if use_row_im2col(kernel_hw, out_channels):
+        return "rows"
+    if use_tap_gradient(in_hw, kernel_hw, out_channels):
+        return "tapgrad"
+    return "lax_conv"
 
 
 def _geometry(x: Array, kernel: Array, padding: Sequence[tuple[int, int]]) -> tuple[int, ...]:
@@ -291,11 +313,12 @@ def conv_general_dilated(
     )
     if simple:
         pads = explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
-        if use_im2col(lhs.shape[1:3], rhs.shape[:2], pads, lhs.shape[3], lhs.shape[0]):
+        kind = choose(lhs.shape[1:3], rhs.shape[:2], pads, lhs.shape[3], rhs.shape[3], lhs.shape[0])
+        if kind == "im2col":
             return im2col_conv(lhs, rhs, pads, precision=precision, preferred_element_type=preferred_element_type)
-        if use_row_im2col(rhs.shape[:2], rhs.shape[3]):
+        if kind == "rows":
             return row_im2col_conv(lhs, rhs, pads, precision=precision, preferred_element_type=preferred_element_type)
-        if use_tap_gradient(lhs.shape[1:3], rhs.shape[:2], rhs.shape[3]):
+        if kind == "tapgrad":
             return tapgrad_conv(lhs, rhs, pads, precision, preferred_element_type)
     return lax.conv_general_dilated(
         lhs,
