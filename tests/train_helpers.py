@@ -89,7 +89,7 @@ def run_steps(parallel: str = "jit", num_devices: int = 0, steps: int = 3, freez
     graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
     state = make()
     initial = jax.device_get(state)  # before any step can donate its buffers
-    runner, state = train._runner(config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", state, False)
+    runner, state = train._runner(config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", state, False, "tests")
     n, i = jax.process_count(), jax.process_index()
     local = config.batch_size // n
     losses = []

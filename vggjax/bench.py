@@ -219,12 +219,14 @@ def build_step(config) -> tuple[Callable, Any]:
     """``(jitted_step, state)``: the trainer's step for ``config``, jitted with the state donated."""
     import jax
 
-    from vggjax import optim, train
+    from vggjax import optim, stepcache, train
 
     tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
     graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
     state = jax.jit(make_state)()
-    step = jax.jit(train.make_train_step(graphdef, tx, "softmax_cross_entropy"), donate_argnums=0)
+    key = json.dumps({"bench": config.to_dict(), "loss": "softmax_cross_entropy", "classes": NUM_CLASSES}, sort_keys=True, default=str)
+    step = stepcache.CachedStep(train.make_train_step(graphdef, tx, "softmax_cross_entropy"), key=key,
+                                cache_dir=config.get("compilation_cache", ""), donate_state=True)
     return step, state
 
 

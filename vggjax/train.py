@@ -49,7 +49,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vggjax import losses, optim, parallel
+from vggjax import losses, optim, parallel, stepcache
 from vggjax.errors import ConfigError, VggjaxError, WorkdirError, one_of
 from vggjax.freeze import Frozen, freeze
 
@@ -464,7 +464,8 @@ def _with_batchnorm_axis(graphdef: nnx.GraphDef, state: TrainState, axis_name: s
     return split_model(model)[0]
 
 
-def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bool) -> tuple[_Runner, TrainState]:
+def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bool, trace_key: str) -> tuple[_Runner, TrainState]:
+    """The steps of ``config.parallel``'s mode; ``trace_key`` names everything (config, sizes) that decides their trace."""
     skip = config.get("nan_policy", "stop") == "skip"
     if config.parallel == "pmap":
         n = config.get("num_devices", 0) or jax.local_device_count()
@@ -490,9 +491,14 @@ def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bo
     step = make_train_step(graphdef, tx, loss_name, with_diagnostics=with_diag, skip_nonfinite=skip)
     ev = make_eval_step(eval_graphdef, loss_name)
     state_sharding = jax.tree.map(lambda _: rep, state)
+    in_shardings = (state_sharding, parallel.batch_sharding(mesh))
+    # jax.jit, with the traced step saved next to the compilation cache (a warm start skips tracing).
+    cache_dir = config.get("compilation_cache", "")
     runner = _Runner(
-        train_step=jax.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)), out_shardings=(state_sharding, rep), donate_argnums=0),
-        eval_step=jax.jit(ev, in_shardings=(state_sharding, parallel.batch_sharding(mesh)), out_shardings=rep),
+        train_step=stepcache.CachedStep(step, key=f"train diag={with_diag} {trace_key}", cache_dir=cache_dir,
+                                        in_shardings=in_shardings, out_shardings=(state_sharding, rep), donate_state=True),
+        eval_step=stepcache.CachedStep(ev, key=f"eval {trace_key}", cache_dir=cache_dir, returns_state=False,
+                                       in_shardings=in_shardings, out_shardings=rep),
         put_batch=lambda b: parallel.global_batch(b, mesh),
         fetch=jax.device_get,
         to_host_state=lambda s: s,
@@ -709,8 +715,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for line in skipped:
                 print(f"init_from: kept fresh {line}", file=sys.stderr)
         with_diag = bool(config.get("diagnostics", {}).get("enabled", False))
-        runner, state = _runner(config, graphdef, eval_graphdef, tx, loss_name, state, False)
-        diag_runner = _runner(config, graphdef, eval_graphdef, tx, loss_name, runner.to_host_state(state), True)[0] if with_diag else None
+        trace_key = json.dumps(
+            {"config": config.to_dict(), "loss": loss_name, "num_classes": num_classes, "channels": in_channels,
+             "image_size": image_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
+            sort_keys=True, default=repr,
+        )
+        runner, state = _runner(config, graphdef, eval_graphdef, tx, loss_name, state, False, trace_key)
+        diag_runner = _runner(config, graphdef, eval_graphdef, tx, loss_name, runner.to_host_state(state), True, trace_key)[0] if with_diag else None
         diag_every = int(config.get("diagnostics", {}).get("every_steps", 100) or 100)
 
         train_iter, eval_batches, _ = data.get_datasets(
