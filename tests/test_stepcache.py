@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vggjax import conv, optim, stepcache, train
+from vggjax import conv, initializers, optim, stepcache, train
 
 from train_helpers import NUM_CLASSES, run_steps, synthetic_batches, tiny_config
 
@@ -156,6 +156,14 @@ def test_key_changes_with_what_decides_the_trace(monkeypatch):
     assert stepcache.cache_key("k", {**state, "extra": jnp.zeros(())}, batch) != base
     monkeypatch.setattr(conv, "IM2COL_MAX_PIXELS", conv.IM2COL_MAX_PIXELS + 1)
     assert stepcache.cache_key("k", state, batch) != base
+    monkeypatch.undo()
+    assert stepcache.cache_key("k", state, batch) == base
+    # A table entry added from outside vggjax counts with its source.
+    monkeypatch.setitem(initializers.REGISTRY, "mine", toy_make)
+    with_mine = stepcache.cache_key("k", state, batch)
+    assert with_mine != base
+    monkeypatch.setitem(initializers.REGISTRY, "mine", toy_step)
+    assert stepcache.cache_key("k", state, batch) not in (base, with_mine)
     monkeypatch.undo()
     assert stepcache.cache_key("k", state, batch) == base
     with jax.default_matmul_precision("float32"):

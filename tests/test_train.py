@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from vggjax import train
+from vggjax import stepcache, train
 from vggjax.errors import VggjaxError
 
 from train_helpers import NUM_CLASSES, run_steps, tiny_config
@@ -243,9 +243,14 @@ def test_cli_resume_continues_exactly(e2e_run, tmp_path, cli_cache):
     r = cli("--config.num_train_steps=3", *common)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(os.listdir(wd / "checkpoints")) == ["3"]
+    steps_dir = os.path.join(cli_cache, stepcache.SUBDIR)
+    exported = {f: os.stat(os.path.join(steps_dir, f)).st_mtime_ns for f in os.listdir(steps_dir)}
     r = cli("--config.num_train_steps=6", *common)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from step 3" in r.stdout
+    # Same config as e2e_run's (another process): its exported train and eval steps were read, none written.
+    assert {f: os.stat(os.path.join(steps_dir, f)).st_mtime_ns for f in os.listdir(steps_dir)} == exported
+    assert len(exported) >= 4  # train + eval of e2e_run's config and of this 3-step one
     resumed = train_records(wd)
     assert [x["step"] for x in resumed] == [1, 2, 3, 4, 5, 6]
     assert resumed == train_records(full)  # bit-identical: same programs, same data order

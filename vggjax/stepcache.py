@@ -10,7 +10,8 @@ one call of it (~0.2 s) and gets the same executable from the compilation cache.
 A stale file would run the wrong program, so the file name is a digest of everything
 that decides the trace: the caller's ``key`` (the trainer passes the whole config, the
 loss, the class count, the schedule length), the source of every ``vggjax`` module, the
-upper-case module-level switches of the loaded ``vggjax`` modules (e.g. ``conv.IM2COL_*``),
+upper-case module-level switches and tables of the modules a step reads (``conv.IM2COL_*``,
+``CFGS``, the registries; a callable added from outside vggjax counts with its source),
 the jax/jaxlib/flax/optax/numpy versions, JAX's trace-affecting config, the backend and
 device count, and the tree structure, shapes, dtypes and shardings of the arguments.
 
@@ -23,10 +24,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import importlib.metadata
+import inspect
 import os
-import sys
 import tempfile
+import types
 from typing import Any, Callable
 
 import jax
@@ -53,14 +56,47 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
+def _stable(v: Any, depth: int = 0) -> str:
+    """A repr of ``v`` that is the same in every process: containers item by item, callables by
+    ``module.qualname`` (plus a digest of their source when defined outside vggjax)."""
+    if depth > 6:
+        return "..."
+    if v is None or isinstance(v, (bool, int, float, str, bytes)):
+        return repr(v)
+    if isinstance(v, dict):
+        return "{" + ",".join(sorted(f"{_stable(k, depth + 1)}:{_stable(x, depth + 1)}" for k, x in v.items())) + "}"
+    if isinstance(v, (set, frozenset)):
+        return "{" + ",".join(sorted(_stable(x, depth + 1) for x in v)) + "}"
+    if isinstance(v, (list, tuple)):
+        return f"{type(v).__name__}(" + ",".join(_stable(x, depth + 1) for x in v) + ")"
+    if callable(v):
+        module = getattr(v, "__module__", None) or "?"
+        name = f"{module}.{getattr(v, '__qualname__', type(v).__qualname__)}"
+        if not module.startswith("vggjax"):
+            try:
+                name += "#" + hashlib.sha256(inspect.getsource(v).encode()).hexdigest()[:16]
+            except (OSError, TypeError):
+                pass
+        return name
+    text = repr(v)
+    return f"{type(v).__module__}.{type(v).__qualname__}" if " at 0x" in text else text
+
+
+# The modules whose upper-case globals a step's trace reads (imported here, so the key does
+# not depend on which modules happen to be loaded when it is computed).
+TRACED_MODULES = ("vggjax.conv", "vggjax.layers", "vggjax.initializers", "vggjax.losses", "vggjax.optim",
+                  "vggjax.models.vgg", "vggjax.models.heads", "vggjax.models.seed_nets", "vggjax.diagnostics", "vggjax.train")
+
+
 def trace_switches() -> str:
-    """The upper-case bool/int/float/str globals of every loaded ``vggjax`` module (trace-time switches)."""
+    """The upper-case globals of :data:`TRACED_MODULES`: trace-time switches such as
+    ``conv.IM2COL_MAX_PIXELS``, and tables such as ``CFGS`` or the initializer registry."""
     items = []
-    for name in sorted(m for m in sys.modules if m == "vggjax" or m.startswith("vggjax.")):
-        module = sys.modules[name]
+    for name in TRACED_MODULES:
+        module = importlib.import_module(name)
         for k, v in sorted(vars(module).items()):
-            if k.isupper() and isinstance(v, (bool, int, float, str)):
-                items.append(f"{name}.{k}={v!r}")
+            if k.isupper() and not isinstance(v, types.ModuleType):
+                items.append(f"{name}.{k}={_stable(v)}")
     return ";".join(items)
 
 
