@@ -89,12 +89,12 @@ def _peak_rss_mib() -> float:
 
 
 def _git_state() -> dict[str, Any]:
-    """The commit of the code being measured, and whether the working tree's code differs from it
-    (result files under ``experiments/results``, which the bench itself rewrites, do not count)."""
+    """The commit of the code being measured, and whether the working tree's code (the
+    ``vggjax`` package and ``pyproject.toml``; not docs or result files) differs from it."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)experiments/results"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "vggjax", "pyproject.toml"], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {}
     if head.returncode != 0:

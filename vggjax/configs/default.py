@@ -65,5 +65,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.nan_policy = "stop"  # or "skip"
     config.diagnostics = ml_collections.ConfigDict(dict(enabled=False, every_steps=100))
     config.progress = True
+    # JAX persistent compilation cache, plus the traced steps (vggjax.stepcache); "" = off.
     config.compilation_cache = "~/.cache/vggjax/jax"
     return config
