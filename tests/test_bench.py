@@ -53,3 +53,15 @@ def test_conv_layer_shapes_follow_the_config():
     assert len(shapes) == 13
     assert shapes[0] == {"name": "conv1_1", "shape": [64, 32, 32, 3, 64]}
     assert shapes[-1] == {"name": "conv5_3", "shape": [64, 2, 2, 512, 512]}
+
+
+def test_time_interleaved_takes_turns_and_rotates():
+    from vggjax import bench
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = bench.time_interleaved(fns, 3, warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+    # One untimed round, then rounds starting with a, b, c in turn.
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"

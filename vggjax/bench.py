@@ -18,7 +18,9 @@ What it measures, in one process (and one helper subprocess):
 * peak resident memory and XLA's buffer sizes for the step;
 * the input pipeline alone (embedded digits, resized to ``--size``, augmented) in images/s;
 * with ``--torch``: torchvision's model of the same name with 10 classes, SGD momentum 0.9
-  weight decay 5e-4, in PyTorch eager and under ``torch.compile``, and the ratios;
+  weight decay 5e-4, in PyTorch eager and under ``torch.compile``, and the ratios; the JAX
+  and PyTorch steps are timed in turns (:func:`time_interleaved`), so load changes on a
+  shared machine hit all of them alike;
 * with ``--profile``: each conv layer's forward+backward time for ``lax.conv``, im2col+matmul,
   the per-tap kernel gradient and width-only im2col ("rows") at its shape (the measurement behind :mod:`vggjax.conv`),
   and each max pool's with ``reduce_window`` and with :func:`vggjax.layers.max_pool`.
@@ -80,6 +82,27 @@ def _time_calls(fn: Callable[[], Any], n: int) -> list[float]:
         t0 = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
+    return out
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], n: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall seconds of ``n`` calls of each of ``fns``, taken in turns (A B C, B C A, C A B, ...).
+
+    The machine is shared: a step timed minutes after another sees another load. In turns,
+    every contender sees the same conditions, so their ratio holds even when the absolute
+    times drift. ``warmup`` untimed rounds first.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(n):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[name]()
+            out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -343,30 +366,36 @@ def op_profile(compiled, state: Any, batch: Any, steps: int = 3, top: int = 25) 
     return profile, state
 
 
-def jax_step_bench(config, steps: int, warmup: int = 2, with_op_profile: bool = False) -> dict[str, Any]:
-    """Compile (cold cache) and time ``steps`` steady-state train steps of ``config`` (+ :func:`op_profile`)."""
+def jax_step_setup(config) -> tuple[Callable[[], None], dict[str, Any], Callable[..., dict[str, Any]]]:
+    """Compile (cold cache) the train step of ``config``: ``(one_step, record, finish)``.
+
+    ``one_step()`` runs one blocking step; ``record`` holds the compile times and loss;
+    ``finish(times, with_op_profile)`` adds the step statistics, XLA cost and memory
+    analysis, the optional :func:`op_profile` and peak RSS to it and returns it.
+    """
     import jax
 
     c = compile_step(config)
-    compiled, state, batch = c["compiled"], c["state"], c["batch"]
-    holder = {"state": state}
+    compiled, batch = c["compiled"], c["batch"]
+    holder = {"state": c["state"]}
 
     def one() -> None:
         holder["state"], metrics = compiled(holder["state"], batch)
         jax.block_until_ready((holder["state"], metrics))
 
-    for _ in range(warmup):
-        one()
-    times = _time_calls(one, steps)
     out = {k: c[k] for k in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s", "loss")}
-    out["step"] = _stats(times, config.batch_size)
-    out["step_times_s"] = times
-    out.update(_cost(compiled))
-    out["xla_memory"] = _memory(compiled)
-    if with_op_profile:
-        out["op_profile"], holder["state"] = op_profile(compiled, holder["state"], batch)
-    out["peak_rss_mib"] = _peak_rss_mib()
-    return out
+
+    def finish(times: list[float], with_op_profile: bool = False) -> dict[str, Any]:
+        out["step"] = _stats(times, config.batch_size)
+        out["step_times_s"] = times
+        out.update(_cost(compiled))
+        out["xla_memory"] = _memory(compiled)
+        if with_op_profile:
+            out["op_profile"], holder["state"] = op_profile(compiled, holder["state"], batch)
+        out["peak_rss_mib"] = _peak_rss_mib()
+        return out
+
+    return one, out, finish
 
 
 def warm_cache_probe(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
@@ -502,12 +531,13 @@ def pipeline_bench(size: int, batch: int, seconds: float = 3.0, warmup: int = 5)
 # --- PyTorch ---------------------------------------------------------------------------
 
 
-def torch_bench(arch: str, size: int, batch: int, steps: int, *, compile: bool, warmup: int = 2) -> dict[str, Any]:
+def torch_step_setup(arch: str, size: int, batch: int, *, compile: bool) -> tuple[Callable[[], None], dict[str, Any]]:
     """The same step in PyTorch: ``torchvision.models.<arch>(num_classes=10)``, SGD(0.01, 0.9, wd 5e-4).
 
     NCHW float32 input, cross-entropy, ``zero_grad(set_to_none=True)`` → forward →
     backward → ``optimizer.step()``. With ``compile`` the model is wrapped in
-    ``torch.compile`` (default mode) and the first step's time includes compilation.
+    ``torch.compile`` (default mode). Runs the first step (its time includes
+    compilation) and returns ``(one_step, {"first_step_s", "threads"})``.
     """
     import torch
     import torchvision
@@ -528,11 +558,7 @@ def torch_bench(arch: str, size: int, batch: int, steps: int, *, compile: bool, 
 
     t0 = time.perf_counter()
     one()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        one()
-    times = _time_calls(one, steps)
-    return {"first_step_s": first, "step": _stats(times, batch), "step_times_s": times, "threads": torch.get_num_threads()}
+    return one, {"first_step_s": time.perf_counter() - t0, "threads": torch.get_num_threads()}
 
 
 # --- main ------------------------------------------------------------------------------
@@ -583,8 +609,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "git": _git_state(),
             "load_avg_start": list(load_start),
         }
-        jx = jax_step_bench(config, args.steps, with_op_profile=args.op_profile)
+        one_jax, jx, finish_jax = jax_step_setup(config)
         record["jax"] = jx
+        contenders = {"jax": one_jax}
+        if args.torch:
+            for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+                if compiled and args.no_torch_compile:
+                    continue
+                contenders[name], record[name] = torch_step_setup(args.arch, args.size, args.batch, compile=compiled)
+        # All steps timed in turns (see time_interleaved): the ratios compare like with like.
+        times = time_interleaved(contenders, args.steps)
+        record["timing"] = "interleaved: " + ", ".join(contenders) + " in turns, after 2 untimed rounds"
+        finish_jax(times["jax"], args.op_profile)
+        for name in contenders:
+            if name != "jax":
+                record[name].update(step=_stats(times[name], args.batch), step_times_s=times[name])
         if not args.no_warm_probe:
             jx["warm_cache"] = warm_cache_probe(args, cache_dir)
         peak = matmul_peak(args.peak_size)
@@ -600,13 +639,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record["conv_profile"] = conv_profile(args.arch, args.size, args.batch, args.width)
             record["pool_profile"] = pool_profile(args.arch, args.size, args.batch, args.width)
         if args.torch:
-            ratios: dict[str, float] = {}
-            record["torch_eager"] = torch_bench(args.arch, args.size, args.batch, args.steps, compile=False)
-            ratios["jax_vs_torch_eager"] = jx["step"]["images_per_s"] / record["torch_eager"]["step"]["images_per_s"]
-            if not args.no_torch_compile:
-                record["torch_compile"] = torch_bench(args.arch, args.size, args.batch, args.steps, compile=True)
-                ratios["jax_vs_torch_compile"] = jx["step"]["images_per_s"] / record["torch_compile"]["step"]["images_per_s"]
-            record["ratios"] = ratios
+            record["ratios"] = {f"jax_vs_{name}": jx["step"]["images_per_s"] / record[name]["step"]["images_per_s"]
+                                for name in contenders if name != "jax"}
         record["peak_rss_mib"] = _peak_rss_mib()
         record["load_avg_end"] = list(os.getloadavg())
         record["wall_s"] = time.time() - t_start
