@@ -85,7 +85,10 @@ def _time_calls(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], n: int, warmup: int = 2) -> dict[str, list[float]]:
+WARMUP_ROUNDS = 2  # untimed rounds before the timed steps
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], n: int, warmup: int = WARMUP_ROUNDS) -> dict[str, list[float]]:
     """Wall seconds of ``n`` calls of each of ``fns``, taken in turns (A B C, B C A, C A B, ...).
 
     The machine is shared: a step timed minutes after another sees another load. In turns,
@@ -619,7 +622,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 contenders[name], record[name] = torch_step_setup(args.arch, args.size, args.batch, compile=compiled)
         # All steps timed in turns (see time_interleaved): the ratios compare like with like.
         times = time_interleaved(contenders, args.steps)
-        record["timing"] = "interleaved: " + ", ".join(contenders) + " in turns, after 2 untimed rounds"
+        record["timing"] = "interleaved: " + ", ".join(contenders) + f" in turns, after {WARMUP_ROUNDS} untimed rounds"
         finish_jax(times["jax"], args.op_profile)
         for name in contenders:
             if name != "jax":

@@ -72,7 +72,7 @@ def _stable(v: Any, depth: int = 0) -> str:
     if callable(v):
         module = getattr(v, "__module__", None) or "?"
         name = f"{module}.{getattr(v, '__qualname__', type(v).__qualname__)}"
-        if not module.startswith("vggjax"):
+        if module != "vggjax" and not module.startswith("vggjax."):
             try:
                 name += "#" + hashlib.sha256(inspect.getsource(v).encode()).hexdigest()[:16]
             except (OSError, TypeError):
@@ -241,7 +241,7 @@ class CachedStep:
         self.source = "jit"
         if not self.cache_dir or jax.process_count() > 1:
             return
-        leaves, treedef = jax.tree.flatten(state)
+        treedef = jax.tree.structure(state)
         self.path = os.path.join(self.cache_dir, SUBDIR, cache_key(self.key, state, batch) + _SUFFIX)
         exp = _read(self.path)
         if exp is not None:
@@ -258,8 +258,13 @@ class CachedStep:
         self._flat = jax.jit(exp.call, **self._jit_kwargs(ins, outs))
         self._treedef = treedef
 
-    def _flatten(self, state: Any) -> list | None:
-        """``state``'s leaves if it has the structure the exported step was made for, else None."""
+    def _leaves(self, state: Any, batch: Any) -> list | None:
+        """``state``'s leaves for the exported step (built on the first call), or None: use plain jit
+        (no exported step, or a state of another structure than the one it was made for)."""
+        if self.source is None:
+            self._build(state, batch)
+        if self._flat is None:
+            return None
         leaves, treedef = jax.tree.flatten(state)
         return leaves if treedef == self._treedef else None
 
@@ -270,18 +275,14 @@ class CachedStep:
         return jax.tree.unflatten(self._treedef, new_leaves), metrics
 
     def __call__(self, state: Any, batch: Any) -> Any:
-        if self.source is None:
-            self._build(state, batch)
-        leaves = self._flatten(state) if self._flat is not None else None
+        leaves = self._leaves(state, batch)
         if leaves is None:
             return self.jitted(state, batch)
         return self._unflatten(self._flat(leaves, batch))
 
     def lower(self, state: Any, batch: Any) -> "_Lowered":
         """Ahead-of-time lowering (as ``jax.jit(...).lower``); ``.compile()`` gives a callable on ``(state, batch)``."""
-        if self.source is None:
-            self._build(state, batch)
-        leaves = self._flatten(state) if self._flat is not None else None
+        leaves = self._leaves(state, batch)
         if leaves is None:
             return _Lowered(self.jitted.lower(state, batch), None)
         return _Lowered(self._flat.lower(leaves, batch), self)
