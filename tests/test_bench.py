@@ -44,6 +44,11 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     assert ops["total_op_ms_per_step"] > 0 and ops["by_kind_ms_per_step"]
     assert ops["top_ops"] and all(op["ms_per_step"] > 0 and op["shape"] for op in ops["top_ops"])
     assert len(r["git"]["commit"]) == 40  # the code that was measured
+    from vggjax import hostmem
+
+    if hostmem.hugepages_env({}) is not None:  # glibc Linux with THP on madvise, as here and in CI
+        assert hostmem.TUNABLE in m["glibc_tunables"]
+    assert jx["host"]["page_faults_per_step"] >= 0 and jx["host"]["system_cpu_s_per_step"] >= 0
 
 
 def test_conv_layer_shapes_follow_the_config():
@@ -65,3 +70,21 @@ def test_time_interleaved_takes_turns_and_rotates():
     assert all(t >= 0 for v in times.values() for t in v)
     # One untimed round, then rounds starting with a, b, c in turn.
     assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+
+
+def test_host_counters_log_each_call():
+    import numpy as np
+
+    from vggjax import bench
+
+    def touch() -> None:  # 32 MiB of fresh pages: faults the kernel must serve
+        np.ones(8 << 20, np.float32)
+
+    wrapped, samples = bench.with_host_counters(touch)
+    for _ in range(3):
+        wrapped()
+    assert len(samples) == 3
+    assert all(faults > 0 and system >= 0 for faults, system in samples)
+    stats = bench.host_counter_stats(samples)
+    assert stats["page_faults_per_step"] == sorted(f for f, _ in samples)[1]
+    assert bench.host_counter_stats([]) == {"page_faults_per_step": 0.0, "system_cpu_s_per_step": 0.0}

@@ -49,6 +49,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only feeds the pipelin
 
 import numpy as np
 
+from vggjax import hostmem
+
 NUM_CLASSES = 10
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
@@ -107,6 +109,31 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], n: int, warmup: int = WA
             fns[name]()
             out[name].append(time.perf_counter() - t0)
     return out
+
+
+def with_host_counters(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list[tuple[int, float]]]:
+    """``fn`` wrapped to log each call's minor page faults and system CPU seconds (this process).
+
+    Returns ``(wrapped, samples)``; every call of ``wrapped`` appends ``(faults, system_s)``.
+    The kernel's work for the step (mapping and zeroing freshly allocated buffers) shows
+    up here and not in any XLA or PyTorch profile.
+    """
+    samples: list[tuple[int, float]] = []
+
+    def wrapped() -> Any:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        out = fn()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        samples.append((after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime))
+        return out
+
+    return wrapped, samples
+
+
+def host_counter_stats(samples: Sequence[tuple[int, float]]) -> dict[str, float]:
+    """Median minor page faults and system CPU seconds per call of :func:`with_host_counters`' samples."""
+    faults, system = zip(*samples) if samples else ((0,), (0.0,))
+    return {"page_faults_per_step": float(np.median(faults)), "system_cpu_s_per_step": float(np.median(system))}
 
 
 def _peak_rss_mib() -> float:
@@ -411,7 +438,7 @@ def warm_cache_probe(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]
         sys.executable, "-m", "vggjax.bench", "--first-step-only", "--cache-dir", cache_dir,
         "--arch", args.arch, "--size", str(args.size), "--batch", str(args.batch),
         "--width", str(args.width), "--dtype", args.dtype,
-    ] + (["--plain"] if args.plain else [])
+    ] + (["--plain"] if args.plain else []) + (["--no-hugepages"] if args.no_hugepages else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -584,6 +611,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline measurement")
     p.add_argument("--pipeline-seconds", type=float, default=3.0, help="how long to pull batches (default 3 s)")
     p.add_argument("--peak-size", type=int, default=PEAK_MATMUL_SIZE, help="matmul size for the peak (default 4096)")
+    p.add_argument("--no-hugepages", action="store_true",
+                   help="do not restart with glibc.malloc.hugetlb=1 (see vggjax.hostmem; for the A/B)")
     p.add_argument("--cache-dir", default="", help="persistent compilation cache (default: a fresh temp dir, i.e. cold)")
     p.add_argument("--first-step-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help="write the JSON record here")
@@ -599,6 +628,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()
     t_start = time.time()
     info = machine_info()
+    info["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     own_cache = not args.cache_dir
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="vggjax-bench-cache-")
     try:
@@ -620,13 +650,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if compiled and args.no_torch_compile:
                     continue
                 contenders[name], record[name] = torch_step_setup(args.arch, args.size, args.batch, compile=compiled)
+        counted = {name: with_host_counters(fn) for name, fn in contenders.items()}
         # All steps timed in turns (see time_interleaved): the ratios compare like with like.
-        times = time_interleaved(contenders, args.steps)
+        times = time_interleaved({name: c[0] for name, c in counted.items()}, args.steps)
         record["timing"] = "interleaved: " + ", ".join(contenders) + f" in turns, after {WARMUP_ROUNDS} untimed rounds"
         finish_jax(times["jax"], args.op_profile)
         for name in contenders:
             if name != "jax":
                 record[name].update(step=_stats(times[name], args.batch), step_times_s=times[name])
+            record[name]["host"] = host_counter_stats(counted[name][1][-args.steps:])
         if not args.no_warm_probe:
             jx["warm_cache"] = warm_cache_probe(args, cache_dir)
         peak = matmul_peak(args.peak_size)
@@ -773,6 +805,8 @@ def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, run the benchmark, print a summary, write ``--out``; return the record."""
     args = _parser().parse_args(argv)
+    if argv is None and not (args.table or args.no_hugepages):  # the command line, not a caller's process
+        hostmem.restart_with_hugepages()  # JAX's and PyTorch's steps alike (vggjax.hostmem)
     if args.plain:
         use_plain_formulations()
     if args.table:

@@ -49,7 +49,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vggjax import losses, optim, parallel, stepcache
+from vggjax import hostmem, losses, optim, parallel, stepcache
 from vggjax.errors import ConfigError, VggjaxError, WorkdirError, one_of
 from vggjax.freeze import Frozen, freeze
 
@@ -957,6 +957,7 @@ def run() -> None:
     """Console entry point (``vggjax-train``)."""
     from absl import app
 
+    hostmem.restart_with_hugepages()  # once, before any work (VGGJAX_HUGEPAGES=0: not at all)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         # Defining --config already applies the --config.KEY=VALUE overrides of the
