@@ -88,3 +88,15 @@ def test_host_counters_log_each_call():
     stats = bench.host_counter_stats(samples)
     assert stats["page_faults_per_step"] == sorted(f for f, _ in samples)[1]
     assert bench.host_counter_stats([]) == {"page_faults_per_step": 0.0, "system_cpu_s_per_step": 0.0}
+
+
+def test_record_label_marks_plain_and_4k_page_runs():
+    from vggjax import bench, hostmem
+
+    r = {"config": {"arch": "vgg16_bn", "size": 32, "batch": 64, "formulations": "default"}}
+    assert bench.record_label(r) == "vgg16_bn 32×32 batch 64"  # an older record: no tunables field
+    r["machine"] = {"glibc_tunables": hostmem.TUNABLE}
+    assert bench.record_label(r, batch_word="b") == "vgg16_bn 32×32 b64"
+    r["machine"] = {"glibc_tunables": ""}
+    r["config"]["formulations"] = "plain"
+    assert bench.record_label(r) == "vgg16_bn 32×32 batch 64 plain 4 KiB pages"

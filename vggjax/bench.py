@@ -736,6 +736,19 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def record_label(record: dict[str, Any], batch_word: str = "batch ") -> str:
+    """``vgg16_bn 32×32 batch 64``, plus ``plain`` (no fast paths) and ``4 KiB pages`` (run
+    without ``glibc.malloc.hugetlb=1``; records older than that setting carry no mark)."""
+    c = record["config"]
+    label = f"{c['arch']} {c['size']}×{c['size']} {batch_word}{c['batch']}"
+    if c.get("formulations") == "plain":
+        label += " plain"
+    tunables = record.get("machine", {}).get("glibc_tunables")
+    if tunables is not None and hostmem.TUNABLE not in tunables:
+        label += " 4 KiB pages"
+    return label
+
+
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """The README's results table: one row per bench ``record`` (as written by ``--out``)."""
 
@@ -749,14 +762,14 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     )
     rows = [head]
     for r in records:
-        c, jx, u = r["config"], r["jax"], r["utilisation"]
+        jx, u = r["jax"], r["utilisation"]
         te, tc, ratios = r.get("torch_eager"), r.get("torch_compile"), r.get("ratios", {})
         warm = jx.get("warm_cache", {})
         warm_s = f"{warm['trace_lower_s'] + warm['compile_s']:.2f} s" if "compile_s" in warm else "–"
         pipe = r.get("input_pipeline")
         rows.append(
             "| " + " | ".join([
-                f"{c['arch']} {c['size']}×{c['size']} batch {c['batch']}" + (" plain" if c.get("formulations") == "plain" else ""),
+                record_label(r),
                 f"{ms(jx['step']['median_s'])} (±{jx['step']['spread_pct']:.0f}%)",
                 f"{jx['step']['images_per_s']:.1f}",
                 f"{ms(te['step']['median_s'])}" if te else "–",
@@ -784,8 +797,7 @@ def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     labels, width = [], 0.27
     for i, r in enumerate(records):
-        c = r["config"]
-        labels.append(f"{c['arch']} {c['size']}×{c['size']} b{c['batch']}" + (" plain" if c.get("formulations") == "plain" else ""))
+        labels.append(record_label(r, batch_word="b").replace(" 4 KiB", "\n4 KiB"))
         bars = [("vggjax", r["jax"]["step"]["median_s"], "tab:blue"),
                 ("PyTorch eager", r.get("torch_eager", {}).get("step", {}).get("median_s"), "tab:orange"),
                 ("torch.compile", r.get("torch_compile", {}).get("step", {}).get("median_s"), "tab:green")]

@@ -16,8 +16,8 @@ imports vggjax's modules gets the same by starting Python with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in its environment.
 
 (Keeping freed memory in the heap instead — ``mallopt`` with one arena, no mmap, no trim,
-which needs no restart — also removed the faults, but made every thread share one malloc
-lock and once took 20 s to exit; it was not kept.)
+which needs no restart — also removed the faults, but makes every thread share one malloc
+lock, and the trainer with its input pipeline threads ran slower with it; not kept.)
 """
 
 from __future__ import annotations
