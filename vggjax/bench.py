@@ -650,15 +650,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if compiled and args.no_torch_compile:
                     continue
                 contenders[name], record[name] = torch_step_setup(args.arch, args.size, args.batch, compile=compiled)
-        counted = {name: with_host_counters(fn) for name, fn in contenders.items()}
+        counted, host_samples = {}, {}
+        for name, fn in contenders.items():
+            counted[name], host_samples[name] = with_host_counters(fn)
         # All steps timed in turns (see time_interleaved): the ratios compare like with like.
-        times = time_interleaved({name: c[0] for name, c in counted.items()}, args.steps)
+        times = time_interleaved(counted, args.steps)
         record["timing"] = "interleaved: " + ", ".join(contenders) + f" in turns, after {WARMUP_ROUNDS} untimed rounds"
         finish_jax(times["jax"], args.op_profile)
         for name in contenders:
             if name != "jax":
                 record[name].update(step=_stats(times[name], args.batch), step_times_s=times[name])
-            record[name]["host"] = host_counter_stats(counted[name][1][-args.steps:])
+            record[name]["host"] = host_counter_stats(host_samples[name][-args.steps:])  # not the warm-up rounds
         if not args.no_warm_probe:
             jx["warm_cache"] = warm_cache_probe(args, cache_dir)
         peak = matmul_peak(args.peak_size)
