@@ -16,6 +16,7 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     cmd = [
         sys.executable, "-m", "vggjax.bench", "--arch", "vgg11_bn", "--width", "0.0625", "--size", "32",
         "--batch", "4", "--steps", "2", "--peak-size", "512", "--pipeline-seconds", "0.3", "--op-profile", "--out", str(out),
+        "--variant", "no_fold:layers.FOLD_POOLED_LINEAR=False,train.SQUARES_BY_DOT=False",
     ]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -49,6 +50,15 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     if hostmem.hugepages_env({}) is not None:  # glibc Linux with THP on madvise, as here and in CI
         assert hostmem.TUNABLE in m["glibc_tunables"]
     assert jx["host"]["page_faults_per_step"] >= 0 and jx["host"]["system_cpu_s_per_step"] >= 0
+    # Model FLOPs (the plain step's count) and the model-FLOPs utilisation.
+    assert jx["model_flops"] > 0 and r["utilisation"]["model_fraction_of_peak"] > 0
+    # The --variant step: traced with the settings changed, timed in turns with the default.
+    v = r["variants"]["no_fold"]
+    assert v["settings"] == {"layers.FOLD_POOLED_LINEAR": False, "train.SQUARES_BY_DOT": False}
+    assert v["step"]["steps"] == 2 and v["step"]["median_s"] > 0 and v["speed_vs_default"] > 0
+    assert v["flops"] > 0 and v["flops"] != jx["flops"]  # pool then fc6 is another program
+    assert v["host"]["page_faults_per_step"] >= 0
+    assert "variant no_fold" in proc.stdout
 
 
 def test_conv_layer_shapes_follow_the_config():
@@ -100,3 +110,44 @@ def test_record_label_marks_plain_and_4k_page_runs():
     r["machine"] = {"glibc_tunables": ""}
     r["config"]["formulations"] = "plain"
     assert bench.record_label(r) == "vgg16_bn 32×32 batch 64 plain 4 KiB pages"
+
+
+def test_parse_variant_reads_typed_settings_and_rejects_bad_ones():
+    from vggjax import bench
+
+    assert bench.parse_variant("old:conv.TAPGRAD_MIN_PIXELS=256, layers.FAST_MAX_POOL=False") == (
+        "old", {"conv.TAPGRAD_MIN_PIXELS": 256, "layers.FAST_MAX_POOL": False})
+    bad = {
+        "conv.TAPGRAD_MIN_PIXELS=256": "expected NAME:",  # no name
+        "x:conv.TAPGRAD_MIN_PIXELS": "has no '='",
+        "x:conv.NOPE=1": "has no setting NOPE",
+        "x:optim.LR=1": "not a setting",  # only conv, layers, train
+        "x:conv.choose=1": "not a setting",  # only UPPER_CASE constants
+        "x:conv.TAPGRAD_MIN_PIXELS=True": "is int",  # the current value's type
+        "x:layers.FAST_MAX_POOL=maybe": "not a literal",
+    }
+    for spec, words in bad.items():
+        with pytest.raises(SystemExit, match=words):
+            bench.parse_variant(spec)
+
+
+def test_trace_settings_restore_and_model_flops_ignore_the_active_formulations():
+    from vggjax import bench, conv, layers, train
+
+    before = (conv.TAPGRAD_MIN_PIXELS, layers.FOLD_POOLED_LINEAR, train.SQUARES_BY_DOT)
+    with pytest.raises(RuntimeError):
+        with bench.trace_settings({"conv.TAPGRAD_MIN_PIXELS": 1, "layers.FOLD_POOLED_LINEAR": False}):
+            assert conv.TAPGRAD_MIN_PIXELS == 1 and layers.FOLD_POOLED_LINEAR is False
+            raise RuntimeError
+    assert (conv.TAPGRAD_MIN_PIXELS, layers.FOLD_POOLED_LINEAR, train.SQUARES_BY_DOT) == before
+    config = bench.bench_config("vgg11_bn", 32, 2, width=0.0625)
+    flops = bench.model_flops(config)
+    assert (conv.TAPGRAD_MIN_PIXELS, layers.FOLD_POOLED_LINEAR, train.SQUARES_BY_DOT) == before
+    with bench.trace_settings(bench.PLAIN_SETTINGS):  # the same count whatever is active when asked
+        assert bench.model_flops(config) == flops
+    # ... and it is the plain step's own count (the bench's step, lowered with real arrays).
+    import jax
+
+    with bench.trace_settings(bench.PLAIN_SETTINGS):
+        step, state = bench.build_step(config)
+        assert bench._cost(jax.jit(step.fn).lower(state, bench._batch(32, 2)))["flops"] == flops

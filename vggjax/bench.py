@@ -14,13 +14,19 @@ What it measures, in one process (and one helper subprocess):
 * the same first step in a fresh subprocess with the cache now *warm* (what a second
   ``python -m vggjax.train`` sees);
 * the step's FLOPs from XLA's cost analysis and the achieved FLOP/s as a fraction of the
-  machine's measured peak (the best of several timed 4096² fp32 matmuls);
+  machine's measured peak (the best of several timed 4096² fp32 matmuls), both for the
+  FLOPs the step executes and for the *model* FLOPs (:func:`model_flops`: the plain
+  step's count, the same whatever formulations run; model FLOPs / step time / peak is the
+  MFU);
 * peak resident memory and XLA's buffer sizes for the step;
 * the input pipeline alone (embedded digits, resized to ``--size``, augmented) in images/s;
 * with ``--torch``: torchvision's model of the same name with 10 classes, SGD momentum 0.9
   weight decay 5e-4, in PyTorch eager and under ``torch.compile``, and the ratios; the JAX
   and PyTorch steps are timed in turns (:func:`time_interleaved`), so load changes on a
   shared machine hit all of them alike;
+* with ``--variant NAME:module.ATTR=value[,...]`` (repeatable): the JAX step traced again with
+  some of :mod:`vggjax.conv`'s, :mod:`vggjax.layers`' or :mod:`vggjax.train`'s trace-time
+  settings changed, timed in turns with the rest — the A/B behind a default;
 * with ``--profile``: each conv layer's forward+backward time for ``lax.conv``, im2col+matmul,
   the per-tap kernel gradient and width-only im2col ("rows") at its shape (the measurement behind :mod:`vggjax.conv`),
   and each max pool's with ``reduce_window`` and with :func:`vggjax.layers.max_pool`.
@@ -33,6 +39,7 @@ comparable when the machine was otherwise idle).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -251,26 +258,127 @@ def _batch(size: int, batch: int, channels: int = 3) -> dict[str, Any]:
     return jax.device_put({k: jnp.asarray(v) for k, v in host.items()})
 
 
-def use_plain_formulations() -> None:
-    """Turn off every fast path (``--plain``): ``lax.conv`` everywhere, pool then fc6, reduce_window max pool.
+# --- trace-time settings: --plain and --variant ----------------------------------------
 
-    The "straightforward Flax NNX step" the fast paths are measured against. Trace-time
-    switches, so call it before the step is traced (and pass ``--plain`` to the warm probe).
+# The vggjax modules whose UPPER_CASE constants --variant may change. Each is read when the
+# step is traced (a formulation threshold or switch), so a changed value gives another step.
+SETTING_MODULES = ("conv", "layers", "train")
+
+# Every fast path off (--plain): lax.conv everywhere, pool then fc6, reduce_window max pool,
+# sum(square(g)) for the gradients' finiteness test. "A straightforward Flax NNX step".
+PLAIN_SETTINGS: dict[str, Any] = {
+    "conv.IM2COL_MAX_PIXELS": 0,
+    "conv.IM2COL_MAX_ROWS": 0,
+    "conv.ROW_IM2COL_MAX_OUT_CHANNELS": 0,
+    "conv.IM2COL_MAX_IN_CHANNELS": 0,
+    "conv.TAPGRAD_MIN_PIXELS": 1 << 62,
+    "layers.FOLD_POOLED_LINEAR": False,
+    "layers.FAST_MAX_POOL": False,
+    "train.SQUARES_BY_DOT": False,
+}
+
+VARIANT_FORMAT = "NAME:module.ATTR=value[,module.ATTR=value...], e.g. old_tapgrad:conv.TAPGRAD_MIN_PIXELS=256"
+
+
+def _setting_target(key: str) -> tuple[Any, str]:
+    """``("conv.TAPGRAD_MIN_PIXELS")`` -> (the vggjax.conv module, "TAPGRAD_MIN_PIXELS"); SystemExit if unknown."""
+    import importlib
+
+    module, _, attr = key.partition(".")
+    if module not in SETTING_MODULES or not attr.isupper():
+        raise SystemExit(f"error: {key!r} is not a setting: use module.ATTR with module one of {', '.join(SETTING_MODULES)} "
+                         "and ATTR one of its UPPER_CASE constants")
+    mod = importlib.import_module(f"vggjax.{module}")
+    if not hasattr(mod, attr):
+        known = ", ".join(sorted(a for a in vars(mod) if a.isupper() and not a.startswith("_")))
+        raise SystemExit(f"error: vggjax.{module} has no setting {attr}; it has: {known}")
+    return mod, attr
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME:module.ATTR=value,..."`` (``--variant``) -> ``(NAME, {"module.ATTR": value})``.
+
+    Values are Python literals of the setting's current type (an int where an int is, a
+    bool where a bool is); anything else is a one-line SystemExit that says the format.
     """
-    from vggjax import conv as conv_lib
-    from vggjax import layers
+    import ast
 
-    conv_lib.IM2COL_MAX_PIXELS = 0
-    conv_lib.IM2COL_MAX_ROWS = 0
-    conv_lib.ROW_IM2COL_MAX_OUT_CHANNELS = 0
-    conv_lib.IM2COL_MAX_IN_CHANNELS = 0
-    conv_lib.TAPGRAD_MIN_PIXELS = 1 << 62
-    layers.FOLD_POOLED_LINEAR = False
-    layers.FAST_MAX_POOL = False
+    name, sep, body = spec.partition(":")
+    if not sep or not name.isidentifier() or not body:
+        raise SystemExit(f"error: --variant {spec!r}: expected {VARIANT_FORMAT}")
+    settings: dict[str, Any] = {}
+    for item in body.split(","):
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise SystemExit(f"error: --variant {spec!r}: {item!r} has no '='; expected {VARIANT_FORMAT}")
+        mod, attr = _setting_target(key.strip())
+        current = getattr(mod, attr)
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"error: --variant {spec!r}: {text.strip()!r} is not a literal; "
+                             f"{key.strip()} is {type(current).__name__} (now {current!r})") from None
+        if type(value) is not type(current) and not (type(current) is float and type(value) is int):
+            raise SystemExit(f"error: --variant {spec!r}: {key.strip()} is {type(current).__name__} (now {current!r}), "
+                             f"got {type(value).__name__} {value!r}")
+        settings[key.strip()] = value
+    return name, settings
 
 
-def build_step(config) -> tuple[Callable, Any]:
-    """``(jitted_step, state)``: the trainer's step for ``config``, jitted with the state donated."""
+@contextlib.contextmanager
+def trace_settings(settings: dict[str, Any]):
+    """Set vggjax's trace-time ``settings`` ({"module.ATTR": value}) inside the block, then restore them."""
+    old = {}
+    try:
+        for key, value in settings.items():
+            mod, attr = _setting_target(key)
+            old[key] = (mod, attr, getattr(mod, attr))
+            setattr(mod, attr, value)
+        yield
+    finally:
+        for mod, attr, value in old.values():
+            setattr(mod, attr, value)
+
+
+def use_plain_formulations() -> None:
+    """Turn off every fast path for the rest of the process (``--plain``): :data:`PLAIN_SETTINGS`.
+
+    Trace-time switches, so call it before the step is traced (and pass ``--plain`` to the warm probe).
+    """
+    for key, value in PLAIN_SETTINGS.items():
+        mod, attr = _setting_target(key)
+        setattr(mod, attr, value)
+
+
+def model_flops(config) -> float:
+    """The model FLOPs of one train step: XLA's cost analysis of the *plain* step (:data:`PLAIN_SETTINGS`).
+
+    The step as a straightforward program — ``lax.conv`` convolutions, pool then the full
+    fc6 matmul — lowered (not compiled, on abstract shapes) and counted before XLA
+    optimizes it. It is the same number whatever formulations the timed step uses, so it is
+    what a model-FLOPs utilisation (MFU) divides by; the executed step's own count
+    (``flops``) moves with them (im2col multiplies padding taps, the fc6 fold skips 48 of
+    49 identical rows). XLA counts convolutions without their padding taps.
+    """
+    import jax
+
+    from vggjax import optim, train
+
+    with trace_settings(PLAIN_SETTINGS):
+        tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
+        graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
+        state = jax.eval_shape(make_state)
+        batch = jax.eval_shape(lambda: _batch(config.image_size, config.batch_size, config.channels))
+        lowered = jax.jit(train.make_train_step(graphdef, tx, "softmax_cross_entropy")).lower(state, batch)
+        return _cost(lowered)["flops"]
+
+
+def build_step(config, tag: str = "") -> tuple[Callable, Any]:
+    """``(jitted_step, state)``: the trainer's step for ``config``, jitted with the state donated.
+
+    ``tag`` names the trace-time settings it is traced under (a ``--variant``), so that the
+    traced-step cache (:mod:`vggjax.stepcache`) keeps one entry per variant.
+    """
     import jax
 
     from vggjax import optim, stepcache, train
@@ -278,13 +386,14 @@ def build_step(config) -> tuple[Callable, Any]:
     tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
     graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
     state = jax.jit(make_state)()
-    key = json.dumps({"bench": config.to_dict(), "loss": "softmax_cross_entropy", "classes": NUM_CLASSES}, sort_keys=True, default=str)
+    key = json.dumps({"bench": config.to_dict(), "loss": "softmax_cross_entropy", "classes": NUM_CLASSES, "settings": tag},
+                     sort_keys=True, default=str)
     step = stepcache.CachedStep(train.make_train_step(graphdef, tx, "softmax_cross_entropy"), key=key,
                                 cache_dir=config.get("compilation_cache", ""), donate_state=True)
     return step, state
 
 
-def compile_step(config) -> dict[str, Any]:
+def compile_step(config, tag: str = "") -> dict[str, Any]:
     """Build, lower and compile the step; time each part and the first execution.
 
     Returns ``{"trace_lower_s", "compile_s", "first_run_s", "first_step_s", "compiled",
@@ -297,7 +406,7 @@ def compile_step(config) -> dict[str, Any]:
     from vggjax import train
 
     train.enable_compilation_cache(config.get("compilation_cache", ""))
-    step, state = build_step(config)
+    step, state = build_step(config, tag)
     batch = _batch(config.image_size, config.batch_size, config.channels)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
@@ -396,8 +505,10 @@ def op_profile(compiled, state: Any, batch: Any, steps: int = 3, top: int = 25) 
     return profile, state
 
 
-def jax_step_setup(config) -> tuple[Callable[[], None], dict[str, Any], Callable[..., dict[str, Any]]]:
+def jax_step_setup(config, tag: str = "") -> tuple[Callable[[], None], dict[str, Any], Callable[..., dict[str, Any]]]:
     """Compile (cold cache) the train step of ``config``: ``(one_step, record, finish)``.
+
+    ``tag``: see :func:`build_step` (the step is traced here, so set a variant's settings around the call).
 
     ``one_step()`` runs one blocking step; ``record`` holds the compile times and loss;
     ``finish(times, with_op_profile)`` adds the step statistics, XLA cost and memory
@@ -405,7 +516,7 @@ def jax_step_setup(config) -> tuple[Callable[[], None], dict[str, Any], Callable
     """
     import jax
 
-    c = compile_step(config)
+    c = compile_step(config, tag)
     compiled, batch = c["compiled"], c["batch"]
     holder = {"state": c["state"]}
 
@@ -603,6 +714,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the JAX model (tiny runs)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="JAX compute dtype")
     p.add_argument("--plain", action="store_true", help="lax.conv everywhere and no fc6 fold (the baseline)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:module.ATTR=value[,...]",
+                   help="also time the JAX step traced with these vggjax settings changed (an A/B, in turns "
+                        "with the others), e.g. old_tapgrad:conv.TAPGRAD_MIN_PIXELS=256; repeatable")
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager and torch.compile")
     p.add_argument("--no-torch-compile", action="store_true", help="with --torch: eager only")
     p.add_argument("--profile", action="store_true", help="per-layer conv fwd+bwd timing, lax.conv vs im2col")
@@ -625,6 +739,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement ``args`` asks for and return the JSON-able record."""
     if args.torch and args.width != 1.0:
         raise SystemExit("error: --torch compares against torchvision's full-width model; use --width 1")
+    variants = [parse_variant(spec) for spec in args.variant]  # bad specs fail before anything is compiled
+    if len({name for name, _ in variants}) < len(variants):
+        raise SystemExit("error: --variant names must differ")
     load_start = os.getloadavg()
     t_start = time.time()
     info = machine_info()
@@ -645,6 +762,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         one_jax, jx, finish_jax = jax_step_setup(config)
         record["jax"] = jx
         contenders = {"jax": one_jax}
+        finish_variant = {}
+        for name, settings in variants:
+            with trace_settings(settings):
+                contenders[f"jax:{name}"], vx, finish_variant[name] = jax_step_setup(config, json.dumps(settings, sort_keys=True))
+            record.setdefault("variants", {})[name] = {"settings": settings, **vx}
         if args.torch:
             for name, compiled in (("torch_eager", False), ("torch_compile", True)):
                 if compiled and args.no_torch_compile:
@@ -657,17 +779,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         times = time_interleaved(counted, args.steps)
         record["timing"] = "interleaved: " + ", ".join(contenders) + f" in turns, after {WARMUP_ROUNDS} untimed rounds"
         finish_jax(times["jax"], args.op_profile)
+        for name, finish in finish_variant.items():
+            v = record["variants"][name]
+            v.update(finish(times[f"jax:{name}"]))
+            v["speed_vs_default"] = jx["step"]["median_s"] / v["step"]["median_s"]
         for name in contenders:
-            if name != "jax":
-                record[name].update(step=_stats(times[name], args.batch), step_times_s=times[name])
-            record[name]["host"] = host_counter_stats(host_samples[name][-args.steps:])  # not the warm-up rounds
+            entry = record["variants"][name[4:]] if name.startswith("jax:") else record[name]
+            if name.startswith("torch"):
+                entry.update(step=_stats(times[name], args.batch), step_times_s=times[name])
+            entry["host"] = host_counter_stats(host_samples[name][-args.steps:])  # not the warm-up rounds
         if not args.no_warm_probe:
             jx["warm_cache"] = warm_cache_probe(args, cache_dir)
         peak = matmul_peak(args.peak_size)
         record["matmul_peak"] = peak
         achieved = jx["flops"] / jx["step"]["median_s"] / 1e9
+        jx["model_flops"] = model_flops(config)
+        model_rate = jx["model_flops"] / jx["step"]["median_s"] / 1e9
         record["utilisation"] = {"step_gflops": achieved, "peak_gflops": peak["gflops"],
-                                 "fraction_of_peak": achieved / peak["gflops"]}
+                                 "fraction_of_peak": achieved / peak["gflops"],
+                                 "model_step_gflops": model_rate, "model_fraction_of_peak": model_rate / peak["gflops"]}
         if not args.no_pipeline:
             pipe = pipeline_bench(args.size, args.batch, args.pipeline_seconds)
             pipe["ratio_to_train_step"] = pipe["images_per_s"] / jx["step"]["images_per_s"]
@@ -677,7 +807,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record["pool_profile"] = pool_profile(args.arch, args.size, args.batch, args.width)
         if args.torch:
             record["ratios"] = {f"jax_vs_{name}": jx["step"]["images_per_s"] / record[name]["step"]["images_per_s"]
-                                for name in contenders if name != "jax"}
+                                for name in contenders if name.startswith("torch")}
         record["peak_rss_mib"] = _peak_rss_mib()
         record["load_avg_end"] = list(os.getloadavg())
         record["wall_s"] = time.time() - t_start
@@ -709,8 +839,11 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"warm cache: first step {warm['first_step_s']:.2f} s (trace+lower {warm['trace_lower_s']:.2f} s, "
                      f"compile/load {warm['compile_s']:.2f} s, run {warm['first_run_s']:.2f} s)")
     u = record["utilisation"]
-    lines.append(f"{jx['flops'] / 1e9:.1f} GFLOP/step -> {u['step_gflops']:.1f} GFLOP/s = {100 * u['fraction_of_peak']:.0f}% "
+    lines.append(f"{jx['flops'] / 1e9:.1f} GFLOP/step executed -> {u['step_gflops']:.1f} GFLOP/s = {100 * u['fraction_of_peak']:.0f}% "
                  f"of the measured {u['peak_gflops']:.0f} GFLOP/s matmul peak; peak RSS {jx['peak_rss_mib']:.0f} MiB")
+    if "model_flops" in jx:
+        lines.append(f"{jx['model_flops'] / 1e9:.1f} GFLOP/step model (the plain step's count) -> {u['model_step_gflops']:.1f} "
+                     f"GFLOP/s = {100 * u['model_fraction_of_peak']:.0f}% of peak (MFU)")
     if "input_pipeline" in record:
         p = record["input_pipeline"]
         lines.append(f"input pipeline: {p['images_per_s']:.0f} img/s ({p['ratio_to_train_step']:.1f}x the train step)")
@@ -721,6 +854,10 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                          f"first step {t['first_step_s']:.1f} s")
     for k, v in record.get("ratios", {}).items():
         lines.append(f"{k}: {v:.2f}x")
+    for name, v in record.get("variants", {}).items():
+        settings = ", ".join(f"{k}={val!r}" for k, val in v["settings"].items())
+        lines.append(f"variant {name} ({settings}): {v['step']['median_s'] * 1e3:.0f} ms median; "
+                     f"default step {v['speed_vs_default']:.2f}x its speed")
     for row in record.get("conv_profile", []):
         n, h, w, c, o = row["shape"]
         lines.append(f"  {row['name']:8s} {n}x{h}x{w}x{c}->{o}: lax.conv {row['lax_conv_s'] * 1e3:7.1f} ms "
@@ -759,7 +896,8 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
 
     head = (
         "| config | vggjax step (median, spread) | img/s | PyTorch eager | torch.compile | vs eager | vs compile "
-        "| GFLOP/step | % of matmul peak | compile cold / warm-cache | input pipeline | peak RSS | load avg start→end |\n"
+        "| GFLOP/step model / executed | % of matmul peak: model (MFU) / executed | compile cold / warm-cache "
+        "| input pipeline | peak RSS | load avg start→end |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [head]
@@ -778,8 +916,9 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
                 f"{ms(tc['step']['median_s'])} ({tc['first_step_s']:.0f} s 1st step)" if tc else "–",
                 f"{ratios['jax_vs_torch_eager']:.2f}×" if "jax_vs_torch_eager" in ratios else "–",
                 f"{ratios['jax_vs_torch_compile']:.2f}×" if "jax_vs_torch_compile" in ratios else "–",
-                f"{jx['flops'] / 1e9:.1f}",
-                f"{100 * u['fraction_of_peak']:.0f}% of {u['peak_gflops']:.0f} GFLOP/s",
+                (f"{jx['model_flops'] / 1e9:.1f} / " if "model_flops" in jx else "– / ") + f"{jx['flops'] / 1e9:.1f}",
+                (f"{100 * u['model_fraction_of_peak']:.0f}% / " if "model_fraction_of_peak" in u else "– / ")
+                + f"{100 * u['fraction_of_peak']:.0f}% of {u['peak_gflops']:.0f} GFLOP/s",
                 f"{jx['trace_lower_s'] + jx['compile_s']:.1f} s / {warm_s}",
                 f"{pipe['images_per_s']:.0f} img/s ({pipe['ratio_to_train_step']:.0f}×)" if pipe else "–",
                 f"{r['peak_rss_mib'] / 1024:.1f} GiB",
@@ -787,6 +926,21 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
             ]) + " |"
         )
     return "\n".join(rows)
+
+
+def variants_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown A/B table of the records' ``--variant`` steps against their default step ("" if none)."""
+    rows = ["| config | step | settings changed | median (spread) | default ÷ variant |", "|---|---|---|---|---|"]
+    for r in records:
+        if not r.get("variants"):
+            continue
+        jx = r["jax"]
+        rows.append(f"| {record_label(r)} | default | – | {jx['step']['median_s'] * 1e3:.0f} ms (±{jx['step']['spread_pct']:.0f}%) | 1.00× |")
+        for name, v in r["variants"].items():
+            settings = ", ".join(f"`{k}={val!r}`" for k, val in v["settings"].items())
+            rows.append(f"| {record_label(r)} | {name} | {settings} | {v['step']['median_s'] * 1e3:.0f} ms "
+                        f"(±{v['step']['spread_pct']:.0f}%) | {v['speed_vs_default']:.2f}× |")
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
@@ -829,6 +983,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             with open(path) as f:
                 records.append(json.load(f))
         print(markdown_table(records))
+        ab = variants_table(records)
+        if ab:
+            print("\n" + ab)
         if args.plot:
             plot_step_times(records, args.plot)
             print(f"wrote {args.plot}")

@@ -49,9 +49,13 @@ IM2COL_MAX_IN_CHANNELS = 4
 
 # Where the kernel gradient is computed as one matmul per kernel tap instead of XLA's
 # kernel-backprop convolution (3-4x slower than the forward conv on these shapes): maps of
-# at least this many pixels with at least this many output channels. Below either bound
-# the two are even or lax.conv wins (narrow 64→64 layers), per the per-layer profile.
-TAPGRAD_MIN_PIXELS = 256
+# at least this many pixels with at least this many output channels. Narrow 64→64 layers
+# are faster with lax.conv or rows, per the per-layer profile. On 8×8 maps (VGG-16's
+# conv3_x at 32×32) the layer alone is even either way (lax.conv 98-101 vs tapgrad
+# 99-113 ms), but inside the whole step XLA ran their kernel-backprop convolutions at
+# ~150 ms each (op profile) and the step is faster with tapgrad: the bench's A/B
+# (``--variant old_tapgrad:conv.TAPGRAD_MIN_PIXELS=256``, experiments/results/bench/).
+TAPGRAD_MIN_PIXELS = 64
 TAPGRAD_MIN_OUT_CHANNELS = 128
 
 # Narrow layers (≤ this many output channels, e.g. VGG's 64→64 conv1_2) on maps too big for

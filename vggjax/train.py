@@ -209,16 +209,26 @@ def leaf_names(tree: Any) -> list[str]:
     return names
 
 
+# The gradients' sums of squares as a dot product, x·x, instead of sum(square(x)): see
+# _leaf_sums. A trace-time switch, like vggjax.conv's thresholds (bench --variant A/Bs it).
+SQUARES_BY_DOT = True
+
+
 def _leaf_sums(tree: Any, square: bool = False) -> list[jax.Array]:
     """Per floating leaf, one float reduction that is NaN/±inf exactly when the leaf is bad.
 
     ``square=False``: ``sum(x * 0)`` — ``x * 0`` is 0 for finite ``x`` and NaN for NaN/±inf,
     so the sum is non-finite exactly when the leaf holds a NaN or an infinity, and it cannot
-    overflow. ``square=True`` (gradients): ``sum(x²)``, which also feeds the gradient norm;
-    it is non-finite for any NaN/inf and also when the squares overflow (elements past
+    overflow. ``square=True`` (gradients): ``x·x`` (``vdot``), which also feeds the gradient
+    norm; it is non-finite for any NaN/inf and also when the squares overflow (elements past
     ~1e19 — the norm is infinite then, and the step is counted as non-finite).
     A float reduction is one vectorized pass on XLA:CPU; ``all(isfinite(x))`` writes a
     boolean array first and costs ~3× as much on VGG's 103M-weight fc6 (70 vs 22 ms).
+    The squares are a dot product rather than ``sum(square(x))`` (:data:`SQUARES_BY_DOT`):
+    fc6's gradient under the folded pooling (:func:`vggjax.layers.pooled_linear`) is a
+    broadcast of a 49× smaller array, which XLA fuses into the optimizer update but, for
+    a ``reduce``, first writes out in full (411 MB per step at 32×32); the dot reads the
+    broadcast in place.
     One entry per leaf of ``tree`` (0.0 for non-floating leaves), so the list lines up with
     :func:`forward_order`'s indices.
     """
@@ -226,6 +236,8 @@ def _leaf_sums(tree: Any, square: bool = False) -> list[jax.Array]:
     def reduce(x: Any) -> jax.Array:
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             return jnp.zeros((), jnp.float32)
+        if square and SQUARES_BY_DOT:
+            return jnp.vdot(x, x, preferred_element_type=jnp.float32)
         return jnp.sum(jnp.square(x) if square else x * 0, dtype=jnp.float32)
 
     return [reduce(x) for x in jax.tree.leaves(tree)]
