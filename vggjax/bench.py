@@ -856,8 +856,8 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"{k}: {v:.2f}x")
     for name, v in record.get("variants", {}).items():
         settings = ", ".join(f"{k}={val!r}" for k, val in v["settings"].items())
-        lines.append(f"variant {name} ({settings}): {v['step']['median_s'] * 1e3:.0f} ms median; "
-                     f"default step {v['speed_vs_default']:.2f}x its speed")
+        lines.append(f"variant {name} ({settings}): {v['step']['median_s'] * 1e3:.0f} ms median, "
+                     f"{v['speed_vs_default']:.2f}x the default step's speed")
     for row in record.get("conv_profile", []):
         n, h, w, c, o = row["shape"]
         lines.append(f"  {row['name']:8s} {n}x{h}x{w}x{c}->{o}: lax.conv {row['lax_conv_s'] * 1e3:7.1f} ms "
@@ -930,7 +930,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
 
 def variants_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown A/B table of the records' ``--variant`` steps against their default step ("" if none)."""
-    rows = ["| config | step | settings changed | median (spread) | default ÷ variant |", "|---|---|---|---|---|"]
+    rows = ["| config | step | settings changed | median (spread) | speed vs the default |", "|---|---|---|---|---|"]
     for r in records:
         if not r.get("variants"):
             continue
