@@ -98,7 +98,7 @@ def test_dispatch_is_static_and_only_for_small_maps():
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), p, dimension_numbers=NHWC)  # noqa: E731
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
     assert "dot_general" in prims and "conv_general_dilated" not in prims
-    big, k16 = jnp.ones((64, 8, 8, 16)), jnp.ones((3, 3, 16, 128))  # 4096 matmul rows, 128 outputs
+    big, k16 = jnp.ones((128, 6, 6, 16)), jnp.ones((3, 3, 16, 128))  # 4608 matmul rows, 36 pixels, 128 outputs
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(big, k16).eqns}
     assert "conv_general_dilated" in prims
 
@@ -177,7 +177,8 @@ def test_tapgrad_conv_matches_lax_conv_forward_and_gradients(pads):
 def test_tapgrad_is_chosen_for_wide_layers_on_large_maps():
     assert conv_lib.use_tap_gradient((16, 16), (3, 3), 128)
     assert not conv_lib.use_tap_gradient((16, 16), (3, 3), 64)
-    assert not conv_lib.use_tap_gradient((8, 8), (3, 3), 256)
+    assert conv_lib.use_tap_gradient((8, 8), (3, 3), 256)  # VGG-16's conv3_x at 32x32
+    assert not conv_lib.use_tap_gradient((6, 6), (3, 3), 256)
     x, k = jnp.ones((16, 16, 16, 8)), jnp.ones((3, 3, 8, 128))  # 4096 matmul rows: not im2col
     f = lambda x, k: conv_lib.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)  # noqa: E731
     eqns = jax.make_jaxpr(f)(x, k).eqns

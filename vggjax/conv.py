@@ -52,8 +52,8 @@ IM2COL_MAX_IN_CHANNELS = 4
 # at least this many pixels with at least this many output channels. Narrow 64→64 layers
 # are faster with lax.conv or rows, per the per-layer profile. On 8×8 maps (VGG-16's
 # conv3_x at 32×32) the layer alone is even either way (lax.conv 98-101 vs tapgrad
-# 99-113 ms), but inside the whole step XLA ran their kernel-backprop convolutions at
-# ~150 ms each (op profile) and the step is faster with tapgrad: the bench's A/B
+# 99-113 ms), but inside the whole step XLA ran two of their kernel-backprop convolutions
+# at 103 and 136 ms (op profile at fd3472b) and the step is faster with tapgrad: the bench's A/B
 # (``--variant old_tapgrad:conv.TAPGRAD_MIN_PIXELS=256``, experiments/results/bench/).
 TAPGRAD_MIN_PIXELS = 64
 TAPGRAD_MIN_OUT_CHANNELS = 128
