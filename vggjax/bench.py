@@ -362,38 +362,40 @@ def model_flops(config) -> float:
     """
     import jax
 
-    from vggjax import optim, train
-
     with trace_settings(PLAIN_SETTINGS):
-        tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
-        graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
+        step_fn, make_state = _step_fn(config)
         state = jax.eval_shape(make_state)
         batch = jax.eval_shape(lambda: _batch(config.image_size, config.batch_size, config.channels))
-        lowered = jax.jit(train.make_train_step(graphdef, tx, "softmax_cross_entropy")).lower(state, batch)
-        return _cost(lowered)["flops"]
+        return _cost(jax.jit(step_fn).lower(state, batch))["flops"]
 
 
-def build_step(config, tag: str = "") -> tuple[Callable, Any]:
-    """``(jitted_step, state)``: the trainer's step for ``config``, jitted with the state donated.
-
-    ``tag`` names the trace-time settings it is traced under (a ``--variant``), so that the
-    traced-step cache (:mod:`vggjax.stepcache`) keeps one entry per variant.
-    """
-    import jax
-
-    from vggjax import optim, stepcache, train
+def _step_fn(config) -> tuple[Callable, Callable]:
+    """``(step_fn, make_state)``: the trainer's pure train step for ``config`` and its state's initializer."""
+    from vggjax import optim, train
 
     tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
     graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
+    return train.make_train_step(graphdef, tx, "softmax_cross_entropy"), make_state
+
+
+def build_step(config) -> tuple[Callable, Any]:
+    """``(jitted_step, state)``: the trainer's step for ``config``, jitted with the state donated.
+
+    The traced-step cache (:mod:`vggjax.stepcache`) keys the step by the trace-time
+    settings in force when it is first traced, so a ``--variant`` gets its own entry.
+    """
+    import jax
+
+    from vggjax import stepcache
+
+    step_fn, make_state = _step_fn(config)
     state = jax.jit(make_state)()
-    key = json.dumps({"bench": config.to_dict(), "loss": "softmax_cross_entropy", "classes": NUM_CLASSES, "settings": tag},
-                     sort_keys=True, default=str)
-    step = stepcache.CachedStep(train.make_train_step(graphdef, tx, "softmax_cross_entropy"), key=key,
-                                cache_dir=config.get("compilation_cache", ""), donate_state=True)
+    key = json.dumps({"bench": config.to_dict(), "loss": "softmax_cross_entropy", "classes": NUM_CLASSES}, sort_keys=True, default=str)
+    step = stepcache.CachedStep(step_fn, key=key, cache_dir=config.get("compilation_cache", ""), donate_state=True)
     return step, state
 
 
-def compile_step(config, tag: str = "") -> dict[str, Any]:
+def compile_step(config) -> dict[str, Any]:
     """Build, lower and compile the step; time each part and the first execution.
 
     Returns ``{"trace_lower_s", "compile_s", "first_run_s", "first_step_s", "compiled",
@@ -406,7 +408,7 @@ def compile_step(config, tag: str = "") -> dict[str, Any]:
     from vggjax import train
 
     train.enable_compilation_cache(config.get("compilation_cache", ""))
-    step, state = build_step(config, tag)
+    step, state = build_step(config)
     batch = _batch(config.image_size, config.batch_size, config.channels)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
@@ -505,10 +507,10 @@ def op_profile(compiled, state: Any, batch: Any, steps: int = 3, top: int = 25) 
     return profile, state
 
 
-def jax_step_setup(config, tag: str = "") -> tuple[Callable[[], None], dict[str, Any], Callable[..., dict[str, Any]]]:
+def jax_step_setup(config) -> tuple[Callable[[], None], dict[str, Any], Callable[..., dict[str, Any]]]:
     """Compile (cold cache) the train step of ``config``: ``(one_step, record, finish)``.
 
-    ``tag``: see :func:`build_step` (the step is traced here, so set a variant's settings around the call).
+    The step is traced here, so a ``--variant``'s settings are set around the call.
 
     ``one_step()`` runs one blocking step; ``record`` holds the compile times and loss;
     ``finish(times, with_op_profile)`` adds the step statistics, XLA cost and memory
@@ -516,7 +518,7 @@ def jax_step_setup(config, tag: str = "") -> tuple[Callable[[], None], dict[str,
     """
     import jax
 
-    c = compile_step(config, tag)
+    c = compile_step(config)
     compiled, batch = c["compiled"], c["batch"]
     holder = {"state": c["state"]}
 
@@ -765,7 +767,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finish_variant = {}
         for name, settings in variants:
             with trace_settings(settings):
-                contenders[f"jax:{name}"], vx, finish_variant[name] = jax_step_setup(config, json.dumps(settings, sort_keys=True))
+                contenders[f"jax:{name}"], vx, finish_variant[name] = jax_step_setup(config)
             record.setdefault("variants", {})[name] = {"settings": settings, **vx}
         if args.torch:
             for name, compiled in (("torch_eager", False), ("torch_compile", True)):
