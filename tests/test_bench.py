@@ -1,13 +1,12 @@
 """``python -m vggjax.bench`` in a tiny configuration: it runs and records every field, all positive."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from subproc import ROOT, cpu_env
 
 
 @pytest.mark.slow
@@ -18,8 +17,7 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
         "--batch", "4", "--steps", "2", "--peak-size", "512", "--pipeline-seconds", "0.3", "--op-profile", "--out", str(out),
         "--variant", "no_fold:layers.FOLD_POOLED_LINEAR=False,train.SQUARES_BY_DOT=False",
     ]
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "img/s" in proc.stdout
     r = json.loads(out.read_text())

@@ -1,7 +1,6 @@
 """vggjax.convert: torchvision parity (logits and every tap), exact round trips, fc -> fc_conv,
 file formats, bad input, and fine-tuning a converted checkpoint through the trainer CLI."""
 
-import os
 import subprocess
 import sys
 
@@ -16,23 +15,12 @@ from vggjax import convert
 from vggjax.checkpoint import restore_params_from
 from vggjax.errors import CheckpointError, VggjaxError
 
+from subproc import ROOT, cpu_env
+
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 1 / 16
-
-
-def env(devices: int = 1) -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""),
-    )
-    return e
 
 
 def rel_diff(a, b) -> float:
@@ -199,7 +187,7 @@ def test_pickles_that_are_not_plain_state_dicts_are_refused(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "vggjax.convert", "--from", "torchvision", "--arch", "vgg11",
          "--input", str(tmp_path / "module.pth"), "--output", str(tmp_path / "out")],
-        env=env(), cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env=cpu_env(), cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
@@ -225,7 +213,7 @@ def test_finetune_converted_checkpoint_with_new_classes(tmp_path):
          "--config.normalize=default", "--config.batch_size=16", "--config.num_train_steps=2",
          "--config.optim.schedule=constant", "--config.progress=False", "--config.compilation_cache=",
          f"--config.freeze={frozen!r}"],
-        env=env(), cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env=cpu_env(), cwd=ROOT, capture_output=True, text=True, timeout=400,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     # Only the last layer (5 -> 10 classes) starts fresh.

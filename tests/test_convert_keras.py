@@ -6,7 +6,6 @@ models, writes `.weights.h5`, `.keras` and legacy-`.h5` files and its own output
 process converts the files and compares.
 """
 
-import os
 import subprocess
 import sys
 
@@ -16,9 +15,10 @@ import pytest
 from vggjax import convert
 from vggjax.errors import CheckpointError
 
+from subproc import ROOT, cpu_env
+
 pytest.importorskip("h5py")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORKER = r"""
 import os, sys
@@ -52,9 +52,7 @@ def rel_diff(a, b) -> float:
 @pytest.mark.slow
 def test_keras_vgg16_and_vgg19_parity(tmp_path):
     pytest.importorskip("keras")
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
+    r = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path)], env=cpu_env(KERAS_BACKEND="jax"), cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert r.returncode == 0, r.stderr[-3000:]
     ref = np.load(tmp_path / "ref.npz")
     assert rel_diff(ref["in_memory"], ref["logits"]) <= 1e-4

@@ -205,6 +205,8 @@ def test_first_nonfinite_names_the_layer(runs):
         assert bool(found) and names[int(index)] == target
     found, index = find(nnx.to_pure_dict(poison("features/conv2_1/kernel", jnp.nan)))
     assert bool(found) and names[int(index)] == "features/conv2_1/kernel"
+    flags = D.finite_flags([jnp.ones(3), jnp.array([1.0, -jnp.inf]), jnp.zeros((2, 2)), jnp.array([jnp.nan])])
+    assert flags.dtype == jnp.bool_ and flags.tolist() == [True, False, True, False]
 
 
 def test_summarize_table(runs):

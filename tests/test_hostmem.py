@@ -1,7 +1,6 @@
 """vggjax.hostmem: with glibc.malloc.hugetlb=1 a jitted function's large temporary buffer is
 faulted in 2 MiB pages instead of 4 KiB ones, and the CLIs restart themselves with it set."""
 
-import os
 import subprocess
 import sys
 
@@ -9,7 +8,8 @@ import pytest
 
 from vggjax import hostmem
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from subproc import ROOT, cpu_env
+
 
 # A jitted function with a 64 MiB temporary (the outer product feeds a matmul, so XLA must
 # materialise it): glibc serves 64 MiB blocks with mmap (its threshold stops at 32 MiB) and
@@ -33,8 +33,7 @@ HUGEPAGES_HERE = hostmem.hugepages_env({}) is not None  # glibc Linux, THP in ma
 
 
 def _run(script: str, **env: str) -> str:
-    full = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostmem.OPT_OUT)}
-    full.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), XLA_FLAGS="", **env)
+    full = cpu_env(None, drop=("GLIBC_TUNABLES", hostmem.OPT_OUT), **env)
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=full, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout

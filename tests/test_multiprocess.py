@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pytest
 
+from subproc import ROOT, cpu_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 DEVICES_PER_PROCESS = 2
 TIMEOUT = 300
 
@@ -32,23 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""),
-    )
-    return e
-
-
 def run_all(commands: list[list[str]], timeout: float = TIMEOUT) -> list[tuple[int, str]]:
     """Run ``commands`` together; ``[(returncode, output)]``. All are killed on the first
     failure or at ``timeout`` seconds, so a stuck collective cannot hang the test run."""
     procs = [
-        subprocess.Popen(c, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(c, env=cpu_env(DEVICES_PER_PROCESS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for c in commands
     ]
     deadline = time.monotonic() + timeout

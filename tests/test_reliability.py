@@ -35,8 +35,8 @@ from vggjax import checkpoint, metrics, train
 from vggjax.errors import CheckpointError, WorkdirError
 
 from train_helpers import tiny_config
+from subproc import ROOT, cpu_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --- killing and preempting the CLI ------------------------------------------------------
 
@@ -62,13 +62,6 @@ CLI_ARGS = [
 ]
 
 
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
-
-
 def start(workdir, cache, *extra: str) -> subprocess.Popen:
     config_file = os.path.join(os.path.dirname(cache), "tiny_net.py")
     if not os.path.exists(config_file):
@@ -77,7 +70,7 @@ def start(workdir, cache, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vggjax.train", f"--config={config_file}", f"--workdir={workdir}",
          f"--config.compilation_cache={cache}", *CLI_ARGS, *extra],
-        env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cpu_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

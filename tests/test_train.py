@@ -25,8 +25,8 @@ from vggjax import stepcache, train
 from vggjax.errors import VggjaxError
 
 from train_helpers import NUM_CLASSES, run_steps, tiny_config
+from subproc import ROOT, cpu_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model_options.width=0.0625", "--config.model_options.head_options.hidden=16", "--config.progress=False"]
 
 
@@ -181,22 +181,10 @@ def cli_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def cli_env(devices: int = 1) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return env
-
-
 def cli(*args: str, devices: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vggjax.train", *args],
-        env=cli_env(devices), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env=cpu_env(devices), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
 
 

@@ -47,7 +47,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from vggjax.diagnostics import finite_flags
 from vggjax.errors import CheckpointError
+
+_finite_flags = jax.jit(finite_flags)  # one program for all the leaves
 
 __all__ = ["Checkpointer", "locate_init_from", "restore_params_from"]
 
@@ -485,11 +488,6 @@ def nonfinite_paths(tree: PyTree) -> list[str]:
         flags = multihost_utils.process_allgather(flags, tiled=True)
     flags = np.asarray(flags)
     return [_name(p) for (p, _), ok in zip(flat, flags) if not ok]
-
-
-@jax.jit
-def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
 def _is_float(x: Any) -> bool:

@@ -150,6 +150,11 @@ def global_grad_norm(grads: Any) -> Array:
     return jnp.sqrt(sum(_sumsq(g) for g in leaves))
 
 
+def finite_flags(leaves: Sequence[Array]) -> Array:
+    """One bool per array of ``leaves`` (jit-able): True where every value is finite (no NaN, no ±inf)."""
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
 def first_nonfinite(grads: Any) -> tuple[Array, Array]:
     """Find the first gradient tensor holding a NaN or ±inf, inside jit.
 
@@ -160,7 +165,7 @@ def first_nonfinite(grads: Any) -> tuple[Array, Array]:
     leaves = jax.tree_util.tree_leaves(grads)
     if not leaves:
         return jnp.zeros((), bool), jnp.full((), -1, jnp.int32)
-    bad = jnp.stack([~jnp.all(jnp.isfinite(g)) for g in leaves])
+    bad = ~finite_flags(leaves)
     found = jnp.any(bad)
     index = jnp.where(found, jnp.argmax(bad).astype(jnp.int32), -1)
     return found, index
@@ -450,6 +455,7 @@ __all__ = [
     "feature_order",
     "layer_stats",
     "global_grad_norm",
+    "finite_flags",
     "first_nonfinite",
     "layer_names",
     "to_python",
