@@ -141,6 +141,33 @@ def test_fc_to_fc_conv_port(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(big)), np.asarray(dense(big)))
 
 
+def test_init_from_reads_fc_weights_into_an_fc_conv_head_and_back(tmp_path, caplog):
+    from vggjax import train
+
+    src, _ = tiny_source(num_classes=7, arch="vgg11_bn")
+    dense = convert.to_fc_conv(src)
+    convert.save(src, tmp_path / "fc")
+    convert.save(dense, tmp_path / "fc_conv")
+    x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
+    fc6_fc, fc6_conv = "(1568, 256)", "(7, 7, 32, 256)"
+    for saved, head, want, reshape in (("fc", "fc_conv", dense(x), f"{fc6_fc} -> model {fc6_conv}"),
+                                       ("fc_conv", "fc", src(x), f"{fc6_conv} -> model {fc6_fc}")):
+        fresh = vggjax.build("vgg11_bn", num_classes=7, width=TINY, head=head, rngs=9)
+        _, params, frozen, batch_stats, _ = train.split_model(fresh)
+        if head == "fc":  # the trainer's mesh-jit state: replicated over the 8 devices
+            replicated = jax.sharding.NamedSharding(jax.make_mesh((8,), ("data",)), jax.sharding.PartitionSpec())
+            params, batch_stats = jax.device_put((params, batch_stats), replicated)
+        with caplog.at_level("INFO", logger="vggjax.checkpoint"):
+            loaded, skipped = restore_params_from(tmp_path / saved, {"params": params, "frozen": frozen, "batch_stats": batch_stats})
+        assert skipped == []  # fc6 / fc7 / fc8 kernels reshaped, nothing left at its fresh init
+        assert f"head.fc6.kernel: checkpoint {reshape}" in caplog.text
+        kernel = loaded["params"]["head"]["fc6"]["kernel"]
+        assert kernel.shape == params["head"]["fc6"]["kernel"].shape and kernel.sharding == params["head"]["fc6"]["kernel"].sharding
+        nnx.update(fresh, loaded["params"], loaded["batch_stats"])
+        fresh.eval()
+        assert rel_diff(fresh(x), want) <= 1e-5, (saved, rel_diff(fresh(x), want))
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

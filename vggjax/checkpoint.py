@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -408,6 +409,11 @@ def restore_params_from(
 ) -> tuple[PyTree, list[str]]:
     """Load the leaves of ``target`` that another run's checkpoint has with the same shape.
 
+    One reshape is made: a fully connected kernel ``(kh·kw·C, K)`` and a convolution
+    kernel ``(kh, kw, C, K)`` at the same path are the same layer (FC as convolution, in
+    the NHWC flatten order that :meth:`vggjax.ConvHead.from_fc` uses), so weights of an
+    ``fc`` head load into an ``fc_conv`` head and back.
+
     ``directory`` is that run's workdir (its newest readable step is used unless
     ``step``) or one step directory of it. ``target`` is a freshly initialised pytree
     whose paths name parts of the saved state, e.g. ``{"params": params, "batch_stats":
@@ -428,6 +434,7 @@ def restore_params_from(
             flat = _flat_with_paths(bound)
             take: dict[Path, Any] = {}
             skipped: list[str] = []
+            reshaped: list[str] = []
             source: dict[Path, Path] = {}  # target path -> stored path
             for path, leaf in flat:
                 want = _stored_shape(leaf)
@@ -437,11 +444,13 @@ def restore_params_from(
                 have = stored.get(src)
                 if have is None:
                     skipped.append(f"{_name(path)}: not in checkpoint")
-                elif have != want:
+                elif have != want and not _fc_as_conv(have, want):
                     skipped.append(f"{_name(path)}: checkpoint {have} vs model {want}")
                 else:
-                    take[src] = _as_abstract(leaf)
+                    take[src] = _as_abstract(leaf) if have == want else _replicated_abstract(leaf, have)
                     source[path] = src
+                    if have != want:
+                        reshaped.append(f"{_name(path)}: checkpoint {have} -> model {want}")
             if not take:
                 example = _name(flat[0][0]) if flat else "(empty target)"
                 raise CheckpointError(
@@ -460,7 +469,9 @@ def restore_params_from(
                     ),
                 )
             got = ocp.tree.to_flat_dict(restored)
-            leaves = [got[source[p]] if p in source else leaf for p, leaf in _flat_with_paths(target)]
+            leaves = [_fit(got[source[p]], b) if p in source else leaf for (p, leaf), (_, b) in zip(_flat_with_paths(target), flat)]
+            if reshaped:
+                log.info("init_from %s: FC layers read as convolutions or back (same weights): %s", root, "; ".join(reshaped))
             return jax.tree_util.tree_structure(target).unflatten(leaves), skipped
 
         tree, skipped = ckpt._with_fallback(step, load)
@@ -519,6 +530,34 @@ def _stored_shape(leaf: Any) -> tuple[int, ...]:
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         shape = tuple(jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype)).shape)
     return shape
+
+
+def _fc_as_conv(have: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Whether a stored kernel and a model kernel are one layer as FC ``(kh·kw·C, K)`` and conv ``(kh, kw, C, K)``."""
+    if len(have) == 2 and len(want) == 4:
+        have, want = want, have
+    return len(have) == 4 and len(want) == 2 and math.prod(have[:3]) == want[0] and have[3] == want[1]
+
+
+def _replicated_abstract(leaf: Any, shape: tuple[int, ...]) -> Any:
+    """``leaf`` as the stored ``shape`` to read (replicated on the leaf's mesh; it is reshaped after reading)."""
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    elif sharding is not None and not sharding.is_fully_replicated:
+        sharding = None  # orbax places it as saved
+    return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=sharding)
+
+
+def _fit(value: Any, leaf: Any) -> Any:
+    """``value`` read from the checkpoint, reshaped (FC <-> conv) and placed like ``leaf`` (the bound target leaf)
+    where their shapes differ."""
+    shape = getattr(leaf, "shape", None)
+    if shape is None or tuple(value.shape) == tuple(shape):
+        return value
+    value = value.reshape(shape)
+    sharding = getattr(leaf, "sharding", None)
+    return jax.device_put(value, sharding) if sharding is not None else value
 
 
 def _as_abstract(leaf: Any) -> Any:

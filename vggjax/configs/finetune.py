@@ -5,7 +5,8 @@ The model is a full-width torchvision-layout VGG (``fc`` head: adaptive 7×7 poo
 the last layer, whose class count changed, keeps its fresh initialisation. By default the
 backbone is frozen (``features/*``) and the classifier trains; ``--config.freeze='()'``
 trains everything, ``--config.freeze="('features/*','head/fc6/*','head/fc7/*')"`` only the
-new last layer. Inputs are normalised with the ImageNet mean/std (torchvision's
+new last layer. ``--config.model_options.head=fc_conv`` trains the same weights as an
+FC-as-convolution head (``init_from`` reshapes fc6-fc8's kernels). Inputs are normalised with the ImageNet mean/std (torchvision's
 preprocessing; for Keras weights, see the README).
 
     python -m vggjax.convert --from torchvision --arch vgg16 --input vgg16-397923af.pth --output weights/vgg16
@@ -27,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 64
     config.model = "vgg16"
     config.model_options = ml_collections.ConfigDict(
-        dict(width=1.0, head="fc", head_options=dict(pool_size=7, hidden=4096), init="torchvision", dropout=0.5)
+        # fc's 7x7 pooling and fc_conv's 7x7 fc6 are the heads' defaults, so either head works here.
+        dict(width=1.0, head="fc", head_options=dict(hidden=4096), init="torchvision", dropout=0.5)
     )
     config.freeze = ("features/*",)
     config.init_from = ""  # the --output of `python -m vggjax.convert` (or another run's workdir)
