@@ -6,8 +6,8 @@ the last layer, whose class count changed, keeps its fresh initialisation. By de
 backbone is frozen (``features/*``) and the classifier trains; ``--config.freeze='()'``
 trains everything, ``--config.freeze="('features/*','head/fc6/*','head/fc7/*')"`` only the
 new last layer. ``--config.model_options.head=fc_conv`` trains the same weights as an
-FC-as-convolution head (``init_from`` reshapes fc6-fc8's kernels). Inputs are normalised with the ImageNet mean/std (torchvision's
-preprocessing; for Keras weights, see the README).
+FC-as-convolution head (``init_from`` reshapes fc6-fc8's kernels). Inputs are normalised
+with the ImageNet mean/std (torchvision's preprocessing; for Keras weights, see the README).
 
     python -m vggjax.convert --from torchvision --arch vgg16 --input vgg16-397923af.pth --output weights/vgg16
     python -m vggjax.train --config=vggjax/configs/finetune.py --config.init_from=weights/vgg16 \
