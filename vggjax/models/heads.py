@@ -20,7 +20,8 @@ call ``vggjax.initializers.apply(head, "he_normal", rngs=nnx.Rngs(0))``.
 
 from __future__ import annotations
 
-from typing import Sequence
+import numbers
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -242,4 +243,19 @@ def make_head(name: str, in_channels: int, num_classes: int, **kwargs) -> nnx.Mo
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for head {name!r}; valid: {', '.join(sorted(allowed - {'rngs'}))}"
         )
+    if "hidden" in kwargs:
+        _check_hidden(name, kwargs["hidden"])
     return cls(in_channels, num_classes, **kwargs)
+
+
+def _check_hidden(name: str, hidden: Any) -> None:
+    """ConfigError unless ``hidden`` has the head's form: one width for fc/fc_conv, a list of widths for gap."""
+
+    def width(h: Any) -> bool:
+        return isinstance(h, numbers.Integral) and not isinstance(h, bool) and h > 0
+
+    if name == "gap":
+        if not (isinstance(hidden, (list, tuple)) and all(width(h) for h in hidden)):
+            raise ConfigError(f"head 'gap' option hidden is a list of 1x1-conv widths, e.g. (256,), or () for none; got {hidden!r}")
+    elif not width(hidden):
+        raise ConfigError(f"head {name!r} option hidden is the width of fc6 and fc7, a positive integer such as 4096; got {hidden!r}")
