@@ -210,6 +210,8 @@ def test_unknown_names_list_valid_ones():
         vggjax.vgg11(head="fc_conv", head_options={"hidden": (16,)}, width=TINY)
     with pytest.raises(ValueError, match="head 'fc' option hidden .* got 0"):
         vggjax.vgg11(head="fc", head_options={"hidden": 0}, width=TINY)
+    with pytest.raises(ValueError, match="head 'gap' option hidden .* got 16"):  # the heads check it themselves
+        vggjax.GAPHead(8, 3, hidden=16, rngs=nnx.Rngs(0))
 
 
 def test_input_too_small_or_wrong_channels():

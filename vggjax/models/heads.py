@@ -66,6 +66,7 @@ class FCHead(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        _check_hidden("fc", hidden)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.pool_size = pool_size
         self.fc6 = layers.linear(in_channels * pool_size * pool_size, hidden, **kw)
@@ -113,6 +114,7 @@ class ConvHead(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        _check_hidden("fc_conv", hidden)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.kernel_size = kernel_size
         self.return_map = return_map
@@ -196,6 +198,7 @@ class GAPHead(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        _check_hidden("gap", hidden)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         nkw = dict(momentum=norm_momentum, epsilon=norm_eps, **kw)
         self.hidden = tuple(int(h) for h in hidden)
@@ -243,8 +246,6 @@ def make_head(name: str, in_channels: int, num_classes: int, **kwargs) -> nnx.Mo
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for head {name!r}; valid: {', '.join(sorted(allowed - {'rngs'}))}"
         )
-    if "hidden" in kwargs:
-        _check_hidden(name, kwargs["hidden"])
     return cls(in_channels, num_classes, **kwargs)
 
 
