@@ -444,13 +444,13 @@ def restore_params_from(
                 have = stored.get(src)
                 if have is None:
                     skipped.append(f"{_name(path)}: not in checkpoint")
-                elif have != want and not _fc_as_conv(have, want):
-                    skipped.append(f"{_name(path)}: checkpoint {have} vs model {want}")
+                elif have == want:
+                    take[src], source[path] = _as_abstract(leaf), src
+                elif _fc_as_conv(have, want):
+                    take[src], source[path] = _replicated_abstract(leaf, have), src
+                    reshaped.append(f"{_name(path)}: checkpoint {have} -> model {want}")
                 else:
-                    take[src] = _as_abstract(leaf) if have == want else _replicated_abstract(leaf, have)
-                    source[path] = src
-                    if have != want:
-                        reshaped.append(f"{_name(path)}: checkpoint {have} -> model {want}")
+                    skipped.append(f"{_name(path)}: checkpoint {have} vs model {want}")
             if not take:
                 example = _name(flat[0][0]) if flat else "(empty target)"
                 raise CheckpointError(
