@@ -1,11 +1,11 @@
 """Host memory: back the train step's large buffers with transparent huge pages.
 
 XLA:CPU allocates each step's temporary buffer afresh (598 MiB for vgg16_bn at 32×32,
-batch 64; 1.2 GiB at 112×112, batch 8) and frees it at the end of the step. glibc serves an allocation that large with
-its own ``mmap`` and returns it with ``munmap``, so the kernel maps and zeroes it again on
-every step, one 4 KiB page fault at a time: about 215 000 faults and half a second of
-system CPU time per step (``python -m vggjax.bench`` records both per step). PyTorch's
-large gradients go the same way.
+batch 64; 1.2 GiB at 112×112, batch 8) and frees it at the end of the step. glibc serves
+an allocation that large with its own ``mmap`` and returns it with ``munmap``, so the
+kernel maps and zeroes it again on every step, one 4 KiB page fault at a time: about
+215 000 faults and half a second of system CPU time per step (``python -m vggjax.bench``
+records both per step). PyTorch's large gradients go the same way.
 
 glibc's ``glibc.malloc.hugetlb=1`` tunable makes it ``madvise(MADV_HUGEPAGE)`` what it
 maps, so the kernel faults in 2 MiB pages instead: ~800 faults per step. glibc reads
