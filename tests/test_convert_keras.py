@@ -45,8 +45,8 @@ np.savez(os.path.join(out, "ref.npz"), x=x, logits=logits, in_memory=in_memory, 
 """
 
 
-# Compiled forwards: one program per architecture, where op-by-op dispatch compiles every
-# layer's ops again for each model (~4x slower here at 224x224).
+# Compiled forwards, one program per architecture (the three VGG-19s share one): op by op,
+# every layer's ops compile one at a time (the 224x224 forward took 12.4 s, against 4.4 s).
 logits_of = nnx.jit(lambda model, x: model(x))
 features_of = nnx.jit(lambda model, x: model(x, return_features=True)[1])
 
