@@ -15,7 +15,7 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     cmd = [
         sys.executable, "-m", "vggjax.bench", "--arch", "vgg11_bn", "--width", "0.0625", "--size", "32",
         "--batch", "4", "--steps", "2", "--peak-size", "512", "--pipeline-seconds", "0.3", "--op-profile", "--out", str(out),
-        "--variant", "no_fold:layers.FOLD_POOLED_LINEAR=False,train.SQUARES_BY_DOT=False",
+        "--variant", "no_fold:auto,fold_pooled_linear=False,squares_by_dot=False",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,7 +52,8 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     assert jx["model_flops"] > 0 and r["utilisation"]["model_fraction_of_peak"] > 0
     # The --variant step: traced with the settings changed, timed in turns with the default.
     v = r["variants"]["no_fold"]
-    assert v["settings"] == {"layers.FOLD_POOLED_LINEAR": False, "train.SQUARES_BY_DOT": False}
+    assert v["compute"] == "auto,fold_pooled_linear=False,squares_by_dot=False"
+    assert r["config"]["compute"] == "auto"
     assert v["step"]["steps"] == 2 and v["step"]["median_s"] > 0 and v["speed_vs_default"] > 0
     assert v["flops"] > 0 and v["flops"] != jx["flops"]  # pool then fc6 is another program
     assert v["host"]["page_faults_per_step"] >= 0
@@ -110,42 +111,83 @@ def test_record_label_marks_plain_and_4k_page_runs():
     assert bench.record_label(r) == "vgg16_bn 32×32 batch 64 plain 4 KiB pages"
 
 
-def test_parse_variant_reads_typed_settings_and_rejects_bad_ones():
-    from vggjax import bench
+def test_parse_variant_reads_a_policy_and_rejects_bad_ones():
+    from vggjax import bench, ops
 
-    assert bench.parse_variant("old:conv.TAPGRAD_MIN_PIXELS=256, layers.FAST_MAX_POOL=False") == (
-        "old", {"conv.TAPGRAD_MIN_PIXELS": 256, "layers.FAST_MAX_POOL": False})
+    assert bench.parse_variant("old:auto,tapgrad_min_pixels=256, argmax_max_pool=False") == (
+        "old", ops.Policy(tapgrad_min_pixels=256, argmax_max_pool=False))
+    assert bench.parse_variant("plain:xla") == ("plain", ops.Policy("xla"))
     bad = {
-        "conv.TAPGRAD_MIN_PIXELS=256": "expected NAME:",  # no name
-        "x:conv.TAPGRAD_MIN_PIXELS": "has no '='",
-        "x:conv.NOPE=1": "has no setting NOPE",
-        "x:optim.LR=1": "not a setting",  # only conv, layers, train
-        "x:conv.choose=1": "not a setting",  # only UPPER_CASE constants
-        "x:conv.TAPGRAD_MIN_PIXELS=True": "is int",  # the current value's type
-        "x:layers.FAST_MAX_POOL=maybe": "not a literal",
+        "auto,tapgrad_min_pixels=256": "expected NAME:POLICY",  # no name
+        "x:auto,tapgrad_min_pixels": "is not field=value",
+        "x:auto,nope=1": "unknown field",
+        "x:gpu": "unknown compute mode 'gpu'",
+        "x:auto,tapgrad_min_pixels=True": "must be an integer",
+        "x:auto,argmax_max_pool=maybe": "not a number or True/False",
     }
     for spec, words in bad.items():
         with pytest.raises(SystemExit, match=words):
             bench.parse_variant(spec)
 
 
-def test_trace_settings_restore_and_model_flops_ignore_the_active_formulations():
-    from vggjax import bench, conv, layers, train
-
-    before = (conv.TAPGRAD_MIN_PIXELS, layers.FOLD_POOLED_LINEAR, train.SQUARES_BY_DOT)
-    with pytest.raises(RuntimeError):
-        with bench.trace_settings({"conv.TAPGRAD_MIN_PIXELS": 1, "layers.FOLD_POOLED_LINEAR": False}):
-            assert conv.TAPGRAD_MIN_PIXELS == 1 and layers.FOLD_POOLED_LINEAR is False
-            raise RuntimeError
-    assert (conv.TAPGRAD_MIN_PIXELS, layers.FOLD_POOLED_LINEAR, train.SQUARES_BY_DOT) == before
-    config = bench.bench_config("vgg11_bn", 32, 2, width=0.0625)
-    flops = bench.model_flops(config)
-    assert (conv.TAPGRAD_MIN_PIXELS, layers.FOLD_POOLED_LINEAR, train.SQUARES_BY_DOT) == before
-    with bench.trace_settings(bench.PLAIN_SETTINGS):  # the same count whatever is active when asked
-        assert bench.model_flops(config) == flops
-    # ... and it is the plain step's own count (the bench's step, lowered with real arrays).
+def test_model_flops_are_the_plain_steps_whatever_the_policy():
     import jax
 
-    with bench.trace_settings(bench.PLAIN_SETTINGS):
-        step, state = bench.build_step(config)
-        assert bench._cost(jax.jit(step.fn).lower(state, bench._batch(32, 2)))["flops"] == flops
+    from vggjax import bench
+
+    config = bench.bench_config("vgg11_bn", 32, 2, width=0.0625)
+    flops = bench.model_flops(config)
+    assert flops == bench.model_flops(bench.bench_config("vgg11_bn", 32, 2, width=0.0625, compute="cpu"))
+    assert config.compute == "auto"  # not changed by asking
+    # ... and it is the plain step's own count (the bench's step, lowered with real arrays).
+    plain, state = bench.build_step(bench.bench_config("vgg11_bn", 32, 2, width=0.0625, compute="xla"))
+    assert bench.cost(jax.jit(plain.fn).lower(state, bench.fixed_batch(32, 2)))["flops"] == flops
+    auto, state = bench.build_step(config)
+    assert bench.cost(jax.jit(auto.fn).lower(state, bench.fixed_batch(32, 2)))["flops"] != flops  # im2col, fold
+
+
+@pytest.mark.slow
+def test_accelerator_suite_runs_its_code_path_on_cpu(tmp_path):
+    """``--accelerator`` (benchmarks/gpu.sh) refuses a CPU, and with the test-only --allow-cpu runs
+    every JAX contender and records the skipped PyTorch ones (full width only) with the reason."""
+    refused = subprocess.run([sys.executable, "-m", "vggjax.bench", "--accelerator"], cwd=ROOT, env=cpu_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "needs a GPU or TPU" in refused.stderr
+    out = tmp_path / "acc.json"
+    cmd = [sys.executable, "-m", "vggjax.bench", "--accelerator", "--allow-cpu", "--arch", "vgg11_bn", "--width",
+           "0.0625", "--size", "32", "--batch", "4", "--steps", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["contenders"]) == {"jax_bf16", "jax_f32", "jax_bf16_cpu_policy"}
+    assert set(r["skipped"]) == {"torch_eager_bf16", "torch_compile_bf16"}
+    for name, e in r["contenders"].items():
+        assert e["step"]["median_s"] > 0 and e["compile_s"] > 0 and e["model_flops"] > 0, name
+    assert r["contenders"]["jax_bf16_cpu_policy"]["compute"] == "cpu"
+    assert r["ratios"]["jax_bf16_vs_jax_f32"] > 0 and r["device_kind"] == "cpu"
+
+
+def test_peak_table_knows_the_devices_users_have():
+    from vggjax.bench.accelerator import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+    assert peak_tflops("NVIDIA H200", "bfloat16") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0
+    assert peak_tflops("Tesla V100-SXM2-16GB", "bfloat16") == 125.0
+    assert peak_tflops("TPU v4", "bfloat16") == 275.0
+    assert peak_tflops("TPU v5 lite", "bfloat16") == 197.0 and peak_tflops("TPU v5p", "bfloat16") == 459.0
+    assert peak_tflops("TPU v6 lite", "bfloat16") == 918.0
+    assert peak_tflops("cpu", "bfloat16") is None
+
+
+def test_torch_gpu_step_options_run_on_cpu():
+    """The GPU comparison's PyTorch step (bf16 autocast, channels_last), here on the CPU at 32x32."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from vggjax.bench.torch_step import torch_step_setup
+
+    one, info = torch_step_setup("vgg11", 32, 2, compile=False, bf16=True, channels_last=True)
+    one()
+    assert info["bf16_autocast"] and info["channels_last"] and info["first_step_s"] > 0 and info["device"] == "cpu"
+    assert torch.get_num_threads() >= 1

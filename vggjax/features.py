@@ -86,7 +86,7 @@ def extract(
 
     for kind, name in model.features.plan[: last + 1]:
         if kind == "pool":
-            x = layers.max_pool(x)
+            x = layers.max_pool(x, compute=model.features.compute)
         elif kind == "relu":
             x = jax.nn.relu(x)
         elif kind == "bn":

@@ -1,5 +1,10 @@
-"""Building blocks shared by every network: torch-exact adaptive pooling, max pooling,
-and the conv → (BatchNorm) → activation block.
+"""Building blocks shared by every network: conv, linear and BatchNorm factories, max
+pooling, input checks and activations.
+
+How a conv or a max pool is *computed* is not decided here: the layers take an explicit
+compute policy (:class:`vggjax.ops.Policy`, ``compute=`` on every model) and call
+:mod:`vggjax.ops`, which lowers plain XLA ops on GPU/TPU and the CPU-tuned formulations
+on CPU.
 
 All tensors are NHWC. Layers here create their parameters with cheap zero initialisers;
 the real initialisation is applied afterwards by :func:`vggjax.initializers.apply`, which
@@ -8,16 +13,15 @@ sees every layer's path and so can honour per-layer overrides.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from vggjax import conv as conv_lib
+from vggjax import ops
 from vggjax.errors import ShapeError
+from vggjax.ops import Policy, adaptive_avg_pool  # noqa: F401 - adaptive_avg_pool is public here too
 
 Array = jax.Array
 
@@ -38,108 +42,9 @@ def activation(name: str | None) -> Callable[[Array], Array] | None:
     return ACTIVATIONS[key]
 
 
-@functools.lru_cache(maxsize=None)
-def _adaptive_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) averaging matrix with PyTorch's adaptive-pool windows.
-
-    Window i covers ``[floor(i*in/out), ceil((i+1)*in/out))`` — exactly what
-    ``torch.nn.functional.adaptive_avg_pool2d`` uses, including sizes that do not divide
-    and outputs larger than the input (then windows overlap and repeat pixels).
-    """
-    m = np.zeros((out_size, in_size), np.float32)
-    for i in range(out_size):
-        start = (i * in_size) // out_size
-        end = -((-(i + 1) * in_size) // out_size)  # ceil division
-        m[i, start:end] = 1.0 / (end - start)
-    return m
-
-
-def adaptive_avg_pool(x: Array, output_size: int | tuple[int, int]) -> Array:
-    """Average-pool an NHWC tensor ``x`` to spatial size ``output_size`` (torch semantics).
-
-    Separable along H and W, so it is computed as two small matrix products; when the
-    input already has the output size it is returned unchanged (a no-op, as in torch).
-    Shapes: ``(N, H, W, C) -> (N, oh, ow, C)``.
-    """
-    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
-    _, h, w, _ = x.shape
-    if (h, w) == (oh, ow):
-        return x
-    ph = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
-    pw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
-    return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw, precision=jax.lax.Precision.HIGHEST)
-
-
-# Switch for benchmarks (``python -m vggjax.bench --plain``): False computes pool then fc6.
-FOLD_POOLED_LINEAR = True
-
-
-def pooled_linear_fold(in_hw: tuple[int, int], pool_size: tuple[int, int], batch: int) -> bool:
-    """Whether :func:`pooled_linear` folds the pooling into the weights (a static choice).
-
-    Folding costs one pass over the weights (``oh·h·ow + h·ow·w`` multiply-adds per
-    ``C·K`` column, separable) plus a matmul of the unpooled input; the direct route is a
-    matmul of the pooled input, ``batch·oh·ow·C·K``. Folding wins when the pooling
-    *upsamples* — VGG's 1×1 map at 32×32 pooled to 7×7, where 48 of 49 fc6 rows see the
-    same pixel — and never when it shrinks the map.
-    """
-    (h, w), (oh, ow) = in_hw, pool_size
-    if not FOLD_POOLED_LINEAR or h * w >= oh * ow:
-        return False
-    fold = (oh * h * ow + h * ow * w) + batch * h * w
-    return fold < batch * oh * ow
-
-
-def pooled_linear(
-    x: Array, pool_size: int | tuple[int, int], kernel: Array, bias: Array | None, *, precision=None
-) -> Array:
-    """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias``, computed the cheaper way.
-
-    ``x``: ``(N, h, w, C)``; ``kernel``: ``(oh·ow·C, K)`` in (h, w, c) flatten order (an
-    ``nnx.Linear`` after torchvision's ``AdaptiveAvgPool2d``); returns ``(N, K)``. When
-    the pooling upsamples (:func:`pooled_linear_fold`), the averaging matrices are applied
-    to the kernel instead of the input — ``(oh·ow·C, K) → (h·w·C, K)`` — which is the same
-    linear map (up to float summation order) at a fraction of the FLOPs: at 32×32 input
-    VGG's fc6 becomes a ``512 × 4096`` matmul instead of ``25088 × 4096``.
-    """
-    oh, ow = (pool_size, pool_size) if isinstance(pool_size, int) else pool_size
-    n, h, w, c = x.shape
-    if pooled_linear_fold((h, w), (oh, ow), n):
-        # One (h·w × oh·ow) @ (oh·ow × C·K) matmul folds both averaging matrices into the
-        # kernel; its gradient is the transposed matmul, written straight in the kernel's
-        # layout (two einsums would add a kernel-sized transpose copy to every step).
-        fold = np.kron(_adaptive_matrix(h, oh), _adaptive_matrix(w, ow)).T  # (h·w, oh·ow)
-        k_eff = jnp.matmul(jnp.asarray(fold, kernel.dtype), kernel.reshape(oh * ow, -1), precision=jax.lax.Precision.HIGHEST)
-        y = jnp.matmul(x.reshape(n, -1), k_eff.reshape(h * w * c, -1), precision=precision)
-    else:
-        pooled = adaptive_avg_pool(x, (oh, ow))
-        y = jnp.matmul(pooled.reshape(n, -1), kernel, precision=precision)
-    return y if bias is None else y + bias
-
-
-# Switch for benchmarks (``python -m vggjax.bench --plain``): False uses nnx.max_pool (reduce_window).
-FAST_MAX_POOL = True
-
-
-def max_pool(x: Array, size: int = 2) -> Array:
-    """2-D max pooling with window and stride ``size`` and no padding (torch ``MaxPool2d(size)``).
-
-    Written without ``reduce_window``: the ``size²`` window positions are stacked on a new
-    axis, the first maximum is picked with ``argmax`` and selected with ``where`` (odd
-    trailing rows/columns are dropped, as torch floors). Same values and the same gradient
-    as ``nnx.max_pool`` — all of it to the first maximum of each window in row-major order,
-    ties included — but the gradient is an elementwise select instead of XLA's
-    ``select_and_scatter``, 2-4× faster on XLA:CPU at VGG's shapes.
-    """
-    if not FAST_MAX_POOL:
-        return nnx.max_pool(x, (size, size), strides=(size, size), padding="VALID")
-    n, h, w, c = x.shape
-    oh, ow = h // size, w // size
-    xw = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
-    xw = jnp.stack([xw[:, :, i, :, j] for i in range(size) for j in range(size)], axis=3)  # (n, oh, ow, size², c)
-    first = jax.lax.stop_gradient(jnp.argmax(xw, axis=3, keepdims=True))
-    pick = jnp.arange(size * size).reshape(1, 1, 1, -1, 1) == first
-    return jnp.sum(jnp.where(pick, xw, jnp.zeros((), x.dtype)), axis=3)
+def max_pool(x: Array, size: int = 2, *, compute: Policy = Policy()) -> Array:
+    """2-D max pooling, window and stride ``size``, no padding (torch ``MaxPool2d(size)``), as ``compute`` says."""
+    return ops.max_pool(x, size, policy=compute)
 
 
 def check_input(x: Array, *, channels: int, min_size: int, name: str, why: str) -> None:
@@ -169,14 +74,14 @@ def conv(
     use_bias: bool = True,
     dtype=None,
     param_dtype=jnp.float32,
+    compute: Policy = Policy(),
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """An ``nnx.Conv`` with zero-initialised parameters (see module docstring).
 
     ``padding`` is "SAME", "VALID" or an int p meaning torch's ``padding=p`` on both sides.
-    The convolution itself is :func:`vggjax.conv.conv_general_dilated`, which picks
-    im2col + matmul or ``lax.conv`` from the layer's static shape (faster on XLA:CPU for
-    tiny feature maps); the parameters are the usual ``nnx.Conv`` HWIO ``kernel`` and ``bias``.
+    The convolution is ``vggjax.ops.Conv(compute)``; the parameters are the usual
+    ``nnx.Conv`` HWIO ``kernel`` and ``bias``.
     """
     pad = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
     return nnx.Conv(
@@ -189,7 +94,7 @@ def conv(
         param_dtype=param_dtype,
         kernel_init=nnx.initializers.zeros_init(),
         bias_init=nnx.initializers.zeros_init(),
-        conv_general_dilated=conv_lib.conv_general_dilated,
+        conv_general_dilated=ops.Conv(Policy.parse(compute)),
         rngs=rngs,
     )
 

@@ -8,11 +8,11 @@ load the executable. :class:`CachedStep` serializes the traced step (``jax.expor
 one call of it (~0.2 s) and gets the same executable from the compilation cache.
 
 A stale file would run the wrong program, so the file name is a digest of everything
-that decides the trace: the caller's ``key`` (the trainer passes the whole config, the
-loss, the class count, the schedule length), the source of every ``vggjax`` module, the
-upper-case module-level switches and tables of the modules a step reads (``conv.IM2COL_*``,
-``CFGS``, the registries; a callable added from outside vggjax counts with its source),
-the jax/jaxlib/flax/optax/numpy versions, JAX's trace-affecting config, the backend and
+that decides the trace: the caller's ``key`` (the trainer passes the whole config — its
+compute policy included — the loss, the class count, the schedule length), the source of
+every ``vggjax`` module, the name tables a trace reads (``CFGS``, the initializer and
+model registries; a callable added from outside vggjax counts with its source), the
+jax/jaxlib/flax/optax/numpy versions, JAX's trace-affecting config, the backend and
 device count, and the tree structure, shapes, dtypes and shardings of the arguments.
 
 Anything export cannot handle (several processes, host callbacks, a damaged or unreadable
@@ -29,7 +29,6 @@ import importlib.metadata
 import inspect
 import os
 import tempfile
-import types
 from typing import Any, Callable
 
 import jax
@@ -82,22 +81,18 @@ def _stable(v: Any, depth: int = 0) -> str:
     return f"{type(v).__module__}.{type(v).__qualname__}" if " at 0x" in text else text
 
 
-# The modules whose upper-case globals a step's trace reads (imported here, so the key does
-# not depend on which modules happen to be loaded when it is computed).
-TRACED_MODULES = ("vggjax.conv", "vggjax.layers", "vggjax.initializers", "vggjax.losses", "vggjax.optim",
-                  "vggjax.models.vgg", "vggjax.models.heads", "vggjax.models.seed_nets", "vggjax.diagnostics", "vggjax.train")
+def registries() -> str:
+    """The name tables a trace looks names up in — VGG configs, heads, reference nets,
+    initializers, losses, activations — written stably. User code may add entries (its own
+    initializer or model), and a callable from outside vggjax counts with its source, so
+    an edited builder is not served from a stale file."""
+    from vggjax import initializers, layers, losses
+    from vggjax.models import heads, seed_nets, vgg
 
-
-def trace_switches() -> str:
-    """The upper-case globals of :data:`TRACED_MODULES`: trace-time switches such as
-    ``conv.IM2COL_MAX_PIXELS``, and tables such as ``CFGS`` or the initializer registry."""
-    items = []
-    for name in TRACED_MODULES:
-        module = importlib.import_module(name)
-        for k, v in sorted(vars(module).items()):
-            if k.isupper() and not isinstance(v, types.ModuleType):
-                items.append(f"{name}.{k}={_stable(v)}")
-    return ";".join(items)
+    tables = {"cfgs": vgg.CFGS, "archs": vgg.ARCHS, "heads": heads.HEADS, "seed_nets": seed_nets.SEED_NETS,
+              "init": initializers.REGISTRY, "bias_init": initializers.BIAS_REGISTRY, "losses": losses.LOSSES,
+              "activations": layers.ACTIVATIONS}
+    return _stable(tables)
 
 
 def _versions() -> str:
@@ -135,7 +130,7 @@ def signature(tree: Any) -> str:
 def cache_key(key: str, *args: Any) -> str:
     """The file name digest for a step traced under ``key`` with arguments ``args``."""
     h = hashlib.sha256()
-    for part in (key, source_digest(), trace_switches(), _versions(), _trace_context(), jax.default_backend(),
+    for part in (key, source_digest(), registries(), _versions(), _trace_context(), jax.default_backend(),
                  str(jax.device_count()), *(signature(a) for a in args)):
         h.update(part.encode())
         h.update(b"\0")

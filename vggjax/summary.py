@@ -92,7 +92,9 @@ class Summary:
         in forward order, weight/scale before bias).
       input_mb / forward_backward_mb / params_mb / total_mb: torchsummary's memory
         estimates in MiB.
-      flops: forward-pass FLOPs from XLA cost analysis (None if not computed/available).
+      flops: forward-pass FLOPs from XLA cost analysis of the plain XLA ops (the model's
+        FLOPs, the same on every platform; None if not computed/available).
+      compute: the model's compute policy and what it runs here (None for a model without one).
     """
 
     rows: tuple[Row, ...]
@@ -107,6 +109,7 @@ class Summary:
     params_mb: float
     total_mb: float
     flops: float | None
+    compute: str | None = None
 
     def table(self) -> str:
         """The torchsummary-style table as a string (no trailing newline)."""
@@ -131,6 +134,8 @@ class Summary:
         ]
         if self.flops is not None:
             out.append(f"FLOPs (forward, XLA cost analysis): {self.flops:,.0f} ({_si(self.flops)}FLOPs)")
+        if self.compute is not None:
+            out.append(f"Compute policy: {self.compute}")
         out.append(line)
         return "\n".join(out)
 
@@ -211,14 +216,24 @@ def _forward_fn(graphdef, *, record: list | None = None) -> Callable:
     return fwd
 
 
-def _cost_flops(fwd: Callable, state, x) -> float | None:
-    """Forward FLOPs from XLA's cost analysis of the lowered (uncompiled) HLO; compiled as a fallback."""
+def _cost_flops(fwd: Callable, state, x, policy: Any = None) -> float | None:
+    """Forward FLOPs from XLA's cost analysis of the lowered (uncompiled) HLO; compiled as a fallback.
+
+    Lowered for a platform that gets the plain XLA ops (``cuda``) unless the policy forces
+    the CPU formulations, so the count is the model's, not that of a CPU rewrite (im2col
+    multiplies padding taps; the fc6 fold skips repeated rows).
+    """
 
     def logits_only(state, x):
         return fwd(state, x)[0]
 
     try:
-        lowered = jax.jit(logits_only).lower(state, x)
+        traced = jax.jit(logits_only).trace(state, x)
+        try:
+            plain_platform = None if policy is not None and policy.mode == "cpu" else "cuda"
+            lowered = traced.lower(lowering_platforms=(plain_platform,)) if plain_platform else traced.lower()
+        except Exception:  # noqa: BLE001 - a platform this jaxlib cannot lower for: count what runs here
+            lowered = traced.lower()
         for analysis in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
             ca = analysis()
             if isinstance(ca, (list, tuple)):
@@ -238,6 +253,7 @@ def summarize(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float3
     torchsummary). ``input_shape`` includes the batch, e.g. ``(1, 224, 224, 3)``.
     """
     input_shape = tuple(int(d) for d in input_shape)
+    policy = getattr(model, "compute", None)
     graphdef, state = nnx.split(model)
     x = jax.ShapeDtypeStruct(input_shape, jnp.dtype(dtype))
     record: list[tuple[str, bool]] = []
@@ -286,7 +302,8 @@ def summarize(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float3
         forward_backward_mb=fb_mb,
         params_mb=params_mb,
         total_mb=input_mb + fb_mb + params_mb,
-        flops=_cost_flops(_forward_fn(graphdef), state, x) if flops else None,
+        flops=_cost_flops(_forward_fn(graphdef), state, x, policy) if flops else None,
+        compute=policy.describe(jax.default_backend()) if policy is not None else None,
     )
 
 
@@ -351,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int)
     parser.add_argument("--head", help="VGG head: fc, fc_conv or gap")
     parser.add_argument("--width", type=float, help="channel width multiplier")
+    parser.add_argument("--compute", help="compute policy (vggjax.ops.Policy spec: auto, xla, cpu, ...)")
     parser.add_argument("--no-flops", action="store_true", help="skip the XLA cost analysis")
     parser.add_argument("--list", action="store_true", help="list the network names and exit")
     args = parser.parse_args(argv)
@@ -366,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.name is None:
             raise ConfigError(f"give a network name; valid: {', '.join(sorted(builders))}")
-        options = {k: v for k, v in (("num_classes", args.num_classes), ("head", args.head), ("width", args.width)) if v is not None}
+        options = {k: v for k, v in (("num_classes", args.num_classes), ("head", args.head), ("width", args.width),
+                                                   ("compute", args.compute)) if v is not None}
         model, size = build_abstract(args.name, **options)
         size = args.input_size or size
         in_ch = getattr(model, "in_channels", 3)

@@ -49,7 +49,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vggjax import hostmem, losses, optim, parallel, stepcache
+from vggjax import hostmem, losses, ops, optim, parallel, stepcache
 from vggjax.errors import ConfigError, VggjaxError, WorkdirError, one_of
 from vggjax.freeze import Frozen, freeze
 
@@ -116,20 +116,22 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, in_channel
     if dtype == "bad":
         raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
     rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+    compute = ops.Policy.parse(config.get("compute", "auto"))
     if name in ARCHS:
         if "head_options" in options and options["head_options"] is not None:
             options["head_options"] = dict(options["head_options"])
         from vggjax.models.vgg import VGG
 
         _check_options(config, options, VGG.__init__)
-        model = build(name, num_classes=num_classes, in_channels=in_channels, dtype=dtype, rngs=rngs, **options)
+        model = build(name, num_classes=num_classes, in_channels=in_channels, dtype=dtype, compute=compute, rngs=rngs,
+                      **options)
     else:
         from vggjax.models.seed_nets import SEED_NETS
 
         if name not in SEED_NETS:
             raise one_of("model", name, model_names())
         _check_options(config, options, SEED_NETS[name])
-        model = SEED_NETS[name](num_classes=num_classes, rngs=rngs, **options)
+        model = SEED_NETS[name](num_classes=num_classes, compute=compute, rngs=rngs, **options)
     globs = config.get("freeze", ()) or ()
     if isinstance(globs, str):
         globs = [g for g in globs.split(",") if g]
@@ -153,7 +155,7 @@ def _check_options(config, options: Mapping[str, Any], fn: Callable) -> None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     # Set by the trainer itself, not by model_options.
-    valid = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL and k not in ("self", "cfg", "num_classes", "in_channels", "dtype", "rngs", "name", "batch_norm"))
+    valid = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL and k not in ("self", "cfg", "num_classes", "in_channels", "dtype", "compute", "rngs", "name", "batch_norm"))
     for key in options:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
@@ -209,38 +211,29 @@ def leaf_names(tree: Any) -> list[str]:
     return names
 
 
-# The gradients' sums of squares as a dot product, x·x, instead of sum(square(x)): see
-# _leaf_sums. A trace-time switch, like vggjax.conv's thresholds (bench --variant A/Bs it).
-SQUARES_BY_DOT = True
-
-
-def _leaf_sums(tree: Any, square: bool = False) -> list[jax.Array]:
+def _leaf_sums(tree: Any, square: bool = False, compute: ops.Policy = ops.Policy()) -> list[jax.Array]:
     """Per floating leaf, one float reduction that is NaN/±inf exactly when the leaf is bad.
 
     ``square=False``: ``sum(x * 0)`` — ``x * 0`` is 0 for finite ``x`` and NaN for NaN/±inf,
     so the sum is non-finite exactly when the leaf holds a NaN or an infinity, and it cannot
-    overflow. ``square=True`` (gradients): ``x·x`` (``vdot``), which also feeds the gradient
-    norm; it is non-finite for any NaN/inf and also when the squares overflow (elements past
-    ~1e19 — the norm is infinite then, and the step is counted as non-finite).
-    A float reduction is one vectorized pass on XLA:CPU; ``all(isfinite(x))`` writes a
-    boolean array first and costs ~3× as much on VGG's 103M-weight fc6 (70 vs 22 ms).
-    The squares are a dot product rather than ``sum(square(x))`` (:data:`SQUARES_BY_DOT`):
-    fc6's gradient under the folded pooling (:func:`vggjax.layers.pooled_linear`) is a
-    broadcast of a 49× smaller array, which XLA fuses into the optimizer update but, for
-    a ``reduce``, first writes out in full (411 MB per step at 32×32); the dot reads the
-    broadcast in place.
+    overflow. ``square=True`` (gradients): ``Σ x²`` (:func:`vggjax.ops.sums_of_squares`, as
+    ``compute`` says), which also feeds the gradient norm; it is non-finite for any NaN/inf
+    and also when the squares overflow (elements past ~1e19 — the norm is infinite then,
+    and the step is counted as non-finite). A float reduction is one vectorized pass;
+    ``all(isfinite(x))`` would write a boolean array first.
     One entry per leaf of ``tree`` (0.0 for non-floating leaves), so the list lines up with
     :func:`forward_order`'s indices.
     """
-
-    def reduce(x: Any) -> jax.Array:
-        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-            return jnp.zeros((), jnp.float32)
-        if square and SQUARES_BY_DOT:
-            return jnp.vdot(x, x, preferred_element_type=jnp.float32)
-        return jnp.sum(jnp.square(x) if square else x * 0, dtype=jnp.float32)
-
-    return [reduce(x) for x in jax.tree.leaves(tree)]
+    leaves = jax.tree.leaves(tree)
+    floating = [i for i, x in enumerate(leaves) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if square:
+        sums = ops.sums_of_squares([leaves[i] for i in floating], policy=compute)
+    else:
+        sums = [jnp.sum(leaves[i] * 0, dtype=jnp.float32) for i in floating]
+    out = [jnp.zeros((), jnp.float32)] * len(leaves)
+    for i, v in zip(floating, sums):
+        out[i] = v
+    return out
 
 
 def _first_nonfinite(sums: list[jax.Array], order: list[int]) -> jax.Array:
@@ -264,6 +257,7 @@ def make_train_step(
     axis_name: str | None = None,
     with_diagnostics: bool = False,
     skip_nonfinite: bool = False,
+    compute: ops.Policy | str = "auto",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The pure train step ``(state, batch) -> (state, metrics)``.
 
@@ -273,13 +267,16 @@ def make_train_step(
     over devices (``lax.pmean``); under mesh-jit leave it None — the batch is global.
     ``with_diagnostics`` adds per-layer statistics (:mod:`vggjax.diagnostics`);
     ``skip_nonfinite`` keeps the old state when the loss, a gradient, a new weight or a
-    new BatchNorm statistic is NaN/inf.
+    new BatchNorm statistic is NaN/inf. ``compute`` is the policy of the step's own
+    reductions (the gradients' sums of squares); the model carries its own.
     Metrics are scalars: loss, accuracy, grad_norm, lr, finite (1.0 or 0.0), and
     ``nonfinite_grad`` / ``nonfinite_param``: the position, in :func:`forward_order`, of
     the first parameter whose gradient / updated value is NaN or inf (-1: none); a
     gradient whose squares overflow float32 (elements beyond ~1e19, an infinite norm)
     counts as non-finite too (:func:`_leaf_sums`).
     """
+
+    compute = ops.Policy.parse(compute)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         model = merge(graphdef, state)
@@ -300,7 +297,7 @@ def make_train_step(
         # One reduction per leaf serves the gradient norm, the finiteness test and the
         # culprit's name. The new weights and BatchNorm statistics are tested too: with an
         # absurd learning rate a finite gradient still overflows the update (lr 1e38 x grad 10).
-        grad_sq, param_sums = _leaf_sums(grads, square=True), _leaf_sums(params)
+        grad_sq, param_sums = _leaf_sums(grads, square=True, compute=compute), _leaf_sums(params)
         grad_norm = jnp.sqrt(sum(grad_sq)) if grad_sq else jnp.array(0.0, jnp.float32)
         finite = jnp.isfinite(metrics["loss"]) & _all_finite(grad_sq + param_sums + _leaf_sums(batch_stats))
         # Static: which parameter the network reads first (traced once, at compile time).
@@ -434,6 +431,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise one_of("parallel mode", config.parallel, ("jit", "pmap"))
     if config.get("nan_policy", "stop") not in ("stop", "skip"):
         raise one_of("nan_policy", config.nan_policy, ("stop", "skip"))
+    ops.Policy.parse(config.get("compute", "auto"))  # a bad policy spec is a one-line ConfigError
 
 
 def default_workdir(config_name: str) -> str:
@@ -479,13 +477,15 @@ def _with_batchnorm_axis(graphdef: nnx.GraphDef, state: TrainState, axis_name: s
 def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bool, trace_key: str) -> tuple[_Runner, TrainState]:
     """The steps of ``config.parallel``'s mode; ``trace_key`` names everything (config, sizes) that decides their trace."""
     skip = config.get("nan_policy", "stop") == "skip"
+    compute = ops.Policy.parse(config.get("compute", "auto"))
     if config.parallel == "pmap":
         n = config.get("num_devices", 0) or jax.local_device_count()
         # Each device sees only its slice of the batch, so BatchNorm must pmean its batch
         # statistics over the devices to match mesh-jit (where the batch is one global
         # array). The axis name is a static attribute, so it lives in the graphdef.
         graphdef = _with_batchnorm_axis(graphdef, state, parallel.AXIS)
-        step = make_train_step(graphdef, tx, loss_name, axis_name=parallel.AXIS, with_diagnostics=with_diag, skip_nonfinite=skip)
+        step = make_train_step(graphdef, tx, loss_name, axis_name=parallel.AXIS, with_diagnostics=with_diag, skip_nonfinite=skip,
+                               compute=compute)
         ev = make_eval_step(eval_graphdef, loss_name, axis_name=parallel.AXIS)
         devices = jax.local_devices()[:n]
         runner = _Runner(
@@ -500,7 +500,7 @@ def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bo
         return runner, runner.from_host_state(state)
     mesh = parallel.make_mesh(config.get("num_devices", 0) or None)
     rep = parallel.replicated(mesh)
-    step = make_train_step(graphdef, tx, loss_name, with_diagnostics=with_diag, skip_nonfinite=skip)
+    step = make_train_step(graphdef, tx, loss_name, with_diagnostics=with_diag, skip_nonfinite=skip, compute=compute)
     ev = make_eval_step(eval_graphdef, loss_name)
     state_sharding = jax.tree.map(lambda _: rep, state)
     in_shardings = (state_sharding, parallel.batch_sharding(mesh))

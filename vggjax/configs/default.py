@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.freeze = ()  # globs over parameter paths, e.g. ("features/*",)
     config.dtype = "float32"  # or "bfloat16" compute
+    # How convs and pools are lowered (vggjax.ops.Policy): "auto" = native XLA ops on GPU/TPU,
+    # the CPU-tuned formulations on CPU; "xla" or "cpu" everywhere; "auto,field=value" to tune.
+    config.compute = "auto"
     config.loss = "auto"  # softmax cross-entropy, or multilabel soft margin for multi-label data
     # Optimizer (fields of vggjax.optim.DEFAULTS)
     config.optim = optim.default_config()

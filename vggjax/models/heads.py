@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vggjax import layers
+from vggjax import layers, ops
 from vggjax.errors import ConfigError
+from vggjax.ops import Policy
 
 Array = jax.Array
 
@@ -64,10 +65,12 @@ class FCHead(nnx.Module):
         pool_size: int = 7,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs,
     ):
         _check_hidden("fc", hidden)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.compute = Policy.parse(compute)
         self.pool_size = pool_size
         self.fc6 = layers.linear(in_channels * pool_size * pool_size, hidden, **kw)
         self.drop6 = _dropout(dropout, rngs)
@@ -77,13 +80,13 @@ class FCHead(nnx.Module):
 
     def __call__(self, x: Array, feats: dict) -> Array:
         feats["avgpool"] = layers.adaptive_avg_pool(x, self.pool_size)  # unused values cost nothing under jit
-        # Pooling + fc6 as one linear map: on small inputs the pooling upsamples (1×1 → 7×7
-        # at 32×32) and folding it into fc6's kernel saves ~49× the fc6 FLOPs.
+        # avgpool → flatten → fc6 as one op, so that the policy may fold the pooling into
+        # fc6's kernel on CPU (vggjax.ops.pooled_linear); elsewhere it is pool then matmul.
         fc6 = self.fc6
         kernel = fc6.kernel[...]
         bias = fc6.bias[...] if fc6.bias is not None else None
         x, kernel, bias = fc6.promote_dtype((x, kernel, bias), dtype=fc6.dtype)
-        x = layers.pooled_linear(x, self.pool_size, kernel, bias, precision=fc6.precision)
+        x = ops.pooled_linear(x, self.pool_size, kernel, bias, precision=fc6.precision, policy=self.compute)
         feats["fc6"] = x
         x = _apply(jax.nn.relu, x, feats, "relu6")
         x = _apply(self.drop6, x, feats, "drop6")
@@ -112,10 +115,11 @@ class ConvHead(nnx.Module):
         return_map: bool = False,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs,
     ):
         _check_hidden("fc_conv", hidden)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=rngs)
         self.kernel_size = kernel_size
         self.return_map = return_map
         self.fc6 = layers.conv(in_channels, hidden, kernel_size, padding="VALID", **kw)
@@ -196,19 +200,21 @@ class GAPHead(nnx.Module):
         norm_eps: float = 1e-5,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs,
     ):
         _check_hidden("gap", hidden)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        ckw = dict(compute=compute, **kw)
         nkw = dict(momentum=norm_momentum, epsilon=norm_eps, **kw)
         self.hidden = tuple(int(h) for h in hidden)
         self.score_act = layers.activation(score_act)
         self.score_act_name = "none" if score_act is None else score_act
         chans = (in_channels,) + self.hidden
         for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:]), start=1):
-            setattr(self, f"conv{i}", layers.conv(cin, cout, kernel_size, **kw))
+            setattr(self, f"conv{i}", layers.conv(cin, cout, kernel_size, **ckw))
             setattr(self, f"bn{i}", layers.batch_norm(cout, **nkw) if batch_norm else None)
-        self.score = layers.conv(chans[-1], num_classes, kernel_size, **kw)
+        self.score = layers.conv(chans[-1], num_classes, kernel_size, **ckw)
         self.score_bn = layers.batch_norm(num_classes, **nkw) if batch_norm else None
         self.drop = _dropout(dropout, rngs)
         self.fc = layers.linear(num_classes, num_classes, **kw) if fc else None

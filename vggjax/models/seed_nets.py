@@ -40,6 +40,7 @@ from vggjax import initializers, layers
 from vggjax.errors import ConfigError, ShapeError
 from vggjax.freeze import freeze
 from vggjax.models.vgg import VGG, scale_width
+from vggjax.ops import Policy
 
 Array = jax.Array
 
@@ -76,6 +77,7 @@ def wsdr(
     in_channels: int = 3,
     dtype=None,
     param_dtype=jnp.float32,
+    compute: Policy | str = "auto",
     rngs: nnx.Rngs | int = 0,
 ) -> VGG:
     """The WSDR network of seed 000 as a :class:`VGG` with a ``"gap"`` head.
@@ -110,6 +112,7 @@ def wsdr(
         norm_eps=1e-3,
         dtype=dtype,
         param_dtype=param_dtype,
+        compute=compute,
         rngs=rngs,
         name="wsdr_bn" if batch_norm else "wsdr",
     )
@@ -130,6 +133,7 @@ def vgg16_fc_conv_400(
     in_channels: int = 3,
     dtype=None,
     param_dtype=jnp.float32,
+    compute: Policy | str = "auto",
     rngs: nnx.Rngs | int = 0,
 ) -> VGG:
     """The 400×400 VGG-16 of seed 001: frozen VGG-16 features + fc6 as a 12×12 conv.
@@ -153,6 +157,7 @@ def vgg16_fc_conv_400(
         dropout=dropout,
         dtype=dtype,
         param_dtype=param_dtype,
+        compute=compute,
         rngs=rngs,
         name="vgg16_fc_conv_400",
     )
@@ -176,9 +181,9 @@ def _kw(rngs: nnx.Rngs, dtype, param_dtype) -> dict[str, Any]:
     return dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-def _conv3(cin: int, cout: int, kw: dict, *, use_bias: bool = True) -> nnx.Conv:
+def _conv3(cin: int, cout: int, kw: dict, compute: Policy, *, use_bias: bool = True) -> nnx.Conv:
     """The book's ``nn.Conv2d(cin, cout, kernel_size=3, padding=1)``."""
-    return layers.conv(cin, cout, 3, padding=1, use_bias=use_bias, **kw)
+    return layers.conv(cin, cout, 3, padding=1, use_bias=use_bias, compute=compute, **kw)
 
 
 def _bn(c: int, kw: dict) -> nnx.BatchNorm:
@@ -213,12 +218,14 @@ class Net(_BookNet):
         bias_init: initializers.InitSpec | None = None,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         rngs = _rngs(rngs)
         kw = _kw(rngs, dtype, param_dtype)
-        self.conv1 = _conv3(3, 16, kw)
-        self.conv2 = _conv3(16, 8, kw)
+        self.compute = Policy.parse(compute)
+        self.conv1 = _conv3(3, 16, kw, self.compute)
+        self.conv2 = _conv3(16, 8, kw, self.compute)
         self.fc1 = layers.linear(8 * 8 * 8, 32, **kw)
         self.fc2 = layers.linear(32, num_classes, **kw)
         self._finish(init, bias_init, rngs)
@@ -228,10 +235,10 @@ class Net(_BookNet):
         f: dict[str, Array] = collections.OrderedDict()
         x = _rec(f, "conv1", self.conv1(x))
         x = _rec(f, "tanh1", jnp.tanh(x))
-        x = _rec(f, "pool1", layers.max_pool(x))
+        x = _rec(f, "pool1", layers.max_pool(x, compute=self.compute))
         x = _rec(f, "conv2", self.conv2(x))
         x = _rec(f, "tanh2", jnp.tanh(x))
-        x = _rec(f, "pool2", layers.max_pool(x))
+        x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
         x = _flatten(x, f, expected=8 * 8 * 8, name="Net", why="8*8*8")
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "tanh3", jnp.tanh(x))
@@ -255,13 +262,15 @@ class NetWidth(_BookNet):
         bias_init: initializers.InitSpec | None = None,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         rngs = _rngs(rngs)
         kw = _kw(rngs, dtype, param_dtype)
+        self.compute = Policy.parse(compute)
         self.n_chans1 = n_chans1
-        self.conv1 = _conv3(3, n_chans1, kw)
-        self.conv2 = _conv3(n_chans1, n_chans1 // 2, kw)
+        self.conv1 = _conv3(3, n_chans1, kw, self.compute)
+        self.conv2 = _conv3(n_chans1, n_chans1 // 2, kw, self.compute)
         self.fc1 = layers.linear(8 * 8 * (n_chans1 // 2), 32, **kw)
         self.fc2 = layers.linear(32, num_classes, **kw)
         self._finish(init, bias_init, rngs)
@@ -271,10 +280,10 @@ class NetWidth(_BookNet):
         f: dict[str, Array] = collections.OrderedDict()
         x = _rec(f, "conv1", self.conv1(x))
         x = _rec(f, "tanh1", jnp.tanh(x))
-        x = _rec(f, "pool1", layers.max_pool(x))
+        x = _rec(f, "pool1", layers.max_pool(x, compute=self.compute))
         x = _rec(f, "conv2", self.conv2(x))
         x = _rec(f, "tanh2", jnp.tanh(x))
-        x = _rec(f, "pool2", layers.max_pool(x))
+        x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
         x = _flatten(x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetWidth", why="8*8*(n_chans1//2)")
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "tanh3", jnp.tanh(x))
@@ -301,16 +310,18 @@ class NetDropout(_BookNet):
         bias_init: initializers.InitSpec | None = None,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         if not 0 <= p < 1:
             raise ConfigError(f"dropout p must be in [0, 1), got {p!r}")
         rngs = _rngs(rngs)
         kw = _kw(rngs, dtype, param_dtype)
+        self.compute = Policy.parse(compute)
         self.n_chans1 = n_chans1
-        self.conv1 = _conv3(3, n_chans1, kw)
+        self.conv1 = _conv3(3, n_chans1, kw, self.compute)
         self.conv1_dropout = nnx.Dropout(p, broadcast_dims=(1, 2), rngs=rngs)
-        self.conv2 = _conv3(n_chans1, n_chans1 // 2, kw)
+        self.conv2 = _conv3(n_chans1, n_chans1 // 2, kw, self.compute)
         self.conv2_dropout = nnx.Dropout(p, broadcast_dims=(1, 2), rngs=rngs)
         self.fc1 = layers.linear(8 * 8 * (n_chans1 // 2), 32, **kw)
         self.fc2 = layers.linear(32, num_classes, **kw)
@@ -321,11 +332,11 @@ class NetDropout(_BookNet):
         f: dict[str, Array] = collections.OrderedDict()
         x = _rec(f, "conv1", self.conv1(x))
         x = _rec(f, "tanh1", jnp.tanh(x))
-        x = _rec(f, "pool1", layers.max_pool(x))
+        x = _rec(f, "pool1", layers.max_pool(x, compute=self.compute))
         x = _rec(f, "conv1_dropout", self.conv1_dropout(x))
         x = _rec(f, "conv2", self.conv2(x))
         x = _rec(f, "tanh2", jnp.tanh(x))
-        x = _rec(f, "pool2", layers.max_pool(x))
+        x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
         x = _rec(f, "conv2_dropout", self.conv2_dropout(x))
         x = _flatten(x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetDropout", why="8*8*(n_chans1//2)")
         x = _rec(f, "fc1", self.fc1(x))
@@ -352,14 +363,16 @@ class NetBatchNorm(_BookNet):
         bias_init: initializers.InitSpec | None = None,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         rngs = _rngs(rngs)
         kw = _kw(rngs, dtype, param_dtype)
+        self.compute = Policy.parse(compute)
         self.n_chans1 = n_chans1
-        self.conv1 = _conv3(3, n_chans1, kw)
+        self.conv1 = _conv3(3, n_chans1, kw, self.compute)
         self.conv1_batchnorm = _bn(n_chans1, kw)
-        self.conv2 = _conv3(n_chans1, n_chans1 // 2, kw)
+        self.conv2 = _conv3(n_chans1, n_chans1 // 2, kw, self.compute)
         self.conv2_batchnorm = _bn(n_chans1 // 2, kw)
         self.fc1 = layers.linear(8 * 8 * (n_chans1 // 2), 32, **kw)
         self.fc2 = layers.linear(32, num_classes, **kw)
@@ -371,11 +384,11 @@ class NetBatchNorm(_BookNet):
         x = _rec(f, "conv1", self.conv1(x))
         x = _rec(f, "conv1_batchnorm", self.conv1_batchnorm(x))
         x = _rec(f, "tanh1", jnp.tanh(x))
-        x = _rec(f, "pool1", layers.max_pool(x))
+        x = _rec(f, "pool1", layers.max_pool(x, compute=self.compute))
         x = _rec(f, "conv2", self.conv2(x))
         x = _rec(f, "conv2_batchnorm", self.conv2_batchnorm(x))
         x = _rec(f, "tanh2", jnp.tanh(x))
-        x = _rec(f, "pool2", layers.max_pool(x))
+        x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
         x = _flatten(x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetBatchNorm", why="8*8*(n_chans1//2)")
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "tanh3", jnp.tanh(x))
@@ -400,15 +413,17 @@ class NetDepth(_BookNet):
         bias_init: initializers.InitSpec | None = None,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         rngs = _rngs(rngs)
         kw = _kw(rngs, dtype, param_dtype)
+        self.compute = Policy.parse(compute)
         self.n_chans1 = n_chans1
         half = n_chans1 // 2
-        self.conv1 = _conv3(3, n_chans1, kw)
-        self.conv2 = _conv3(n_chans1, half, kw)
-        self.conv3 = _conv3(half, half, kw)
+        self.conv1 = _conv3(3, n_chans1, kw, self.compute)
+        self.conv2 = _conv3(n_chans1, half, kw, self.compute)
+        self.conv3 = _conv3(half, half, kw, self.compute)
         self.fc1 = layers.linear(4 * 4 * half, 32, **kw)
         self.fc2 = layers.linear(32, num_classes, **kw)
         self._finish(init, bias_init, rngs)
@@ -418,17 +433,17 @@ class NetDepth(_BookNet):
         f: dict[str, Array] = collections.OrderedDict()
         x = _rec(f, "conv1", self.conv1(x))
         x = _rec(f, "relu1", jax.nn.relu(x))
-        x = _rec(f, "pool1", layers.max_pool(x))
+        x = _rec(f, "pool1", layers.max_pool(x, compute=self.compute))
         x = _rec(f, "conv2", self.conv2(x))
         x = _rec(f, "relu2", jax.nn.relu(x))
-        x = _rec(f, "pool2", layers.max_pool(x))
+        x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
         skip = x
         x = _rec(f, "conv3", self.conv3(x))
         x = _rec(f, "relu3", jax.nn.relu(x))
         if self.residual:
             # The book's NetRes: relu(conv3(out)) + out1, where out1 is block 2's pooled output.
             x = _rec(f, "skip_add", x + skip)
-        x = _rec(f, "pool3", layers.max_pool(x))
+        x = _rec(f, "pool3", layers.max_pool(x, compute=self.compute))
         name = type(self).__name__
         x = _flatten(x, f, expected=4 * 4 * (self.n_chans1 // 2), name=name, why="4*4*(n_chans1//2)")
         x = _rec(f, "fc1", self.fc1(x))
@@ -466,11 +481,12 @@ class ResBlock(nnx.Module):
         norm_momentum: float = 0.9,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.residual = residual
-        self.conv = layers.conv(n_chans, n_chans, 3, padding=1, use_bias=False, **kw)
+        self.conv = layers.conv(n_chans, n_chans, 3, padding=1, use_bias=False, compute=compute, **kw)
         self.batch_norm = layers.batch_norm(n_chans, momentum=norm_momentum, epsilon=1e-5, **kw)
         self.batch_norm.scale.set_value(jnp.full_like(self.batch_norm.scale.get_value(), 0.5))
 
@@ -517,17 +533,19 @@ class NetResDeep(_BookNet):
         bias_init: initializers.InitSpec | None = None,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         if n_blocks < 0:
             raise ConfigError(f"n_blocks must be >= 0, got {n_blocks!r}")
         rngs = _rngs(rngs)
         kw = _kw(rngs, dtype, param_dtype)
+        self.compute = Policy.parse(compute)
         self.n_chans1 = n_chans1
         self.n_blocks = n_blocks
         self.shared_block = shared_block
-        self.conv1 = _conv3(3, n_chans1, kw)
-        bkw = dict(residual=residual, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = _conv3(3, n_chans1, kw, self.compute)
+        bkw = dict(residual=residual, dtype=dtype, param_dtype=param_dtype, compute=self.compute, rngs=rngs)
         if shared_block:
             self.block = ResBlock(n_chans1, **bkw)
         else:
@@ -542,13 +560,13 @@ class NetResDeep(_BookNet):
         f: dict[str, Array] = collections.OrderedDict()
         x = _rec(f, "conv1", self.conv1(x))
         x = _rec(f, "relu1", jax.nn.relu(x))
-        x = _rec(f, "pool1", layers.max_pool(x))
+        x = _rec(f, "pool1", layers.max_pool(x, compute=self.compute))
         for i in range(1, self.n_blocks + 1):
             if self.shared_block:
                 x = self.block(x, f, "block", f"#{i}")
             else:
                 x = getattr(self, f"block{i}")(x, f, f"block{i}")
-        x = _rec(f, "pool2", layers.max_pool(x))
+        x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
         x = _flatten(x, f, expected=8 * 8 * self.n_chans1, name="NetResDeep", why="8*8*n_chans1")
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "relu2", jax.nn.relu(x))
@@ -606,6 +624,7 @@ class OverFeatSlim(nnx.Module):
         bias_init: initializers.InitSpec | None = None,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         if extra_1x1 < 0:
@@ -615,6 +634,7 @@ class OverFeatSlim(nnx.Module):
         rngs = _rngs(rngs)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         c = functools.partial(scale_width, width=width)
+        self.compute = Policy.parse(compute)
         self.in_channels = in_channels
         self.conv12_reads_input = conv12_reads_input
         self.pool_in_train_only = pool_in_train_only
@@ -622,7 +642,7 @@ class OverFeatSlim(nnx.Module):
         self.batch_norm = batch_norm
         # Set by model.train() / model.eval() (nnx.Module.set_attributes), like Dropout's.
         self.deterministic = False
-        conv = functools.partial(layers.conv, use_bias=not batch_norm, **kw)
+        conv = functools.partial(layers.conv, use_bias=not batch_norm, compute=self.compute, **kw)
         self.conv11 = conv(in_channels, c(64), 3, padding="VALID")
         self.conv12 = conv(in_channels if conv12_reads_input else c(64), c(128), 3, padding="VALID")
         self.conv2 = conv(c(128), c(128), 3, padding="VALID")
@@ -638,7 +658,7 @@ class OverFeatSlim(nnx.Module):
             for name in self._normed_layers():
                 out = getattr(self, name).out_features
                 setattr(self, f"{name}_bn", layers.batch_norm(out, momentum=0.995, epsilon=1e-3, **kw))
-        self.fc9 = layers.conv(c(1024), num_classes, 1, padding="SAME", **kw)
+        self.fc9 = layers.conv(c(1024), num_classes, 1, padding="SAME", compute=self.compute, **kw)
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout_on_logits else None
         initializers.apply(
             self,
@@ -685,10 +705,10 @@ class OverFeatSlim(nnx.Module):
         # The source bug: `net = slim.conv2d(inputs, ...)` for conv12 discards conv11.
         x = self._conv("conv12", image if self.conv12_reads_input else x, f)
         x = _rec(f, "relu12", jax.nn.relu(x))
-        x = _rec(f, "pool1", layers.max_pool(x))
+        x = _rec(f, "pool1", layers.max_pool(x, compute=self.compute))
         for name in ("conv2", "pool2", "conv3", "conv4", "conv5", "pool5"):
             if name.startswith("pool"):
-                x = _rec(f, name, layers.max_pool(x))
+                x = _rec(f, name, layers.max_pool(x, compute=self.compute))
             else:
                 x = self._conv(name, x, f)
                 x = _rec(f, "relu" + name[4:], jax.nn.relu(x))
@@ -735,18 +755,20 @@ class TwoConvBN(nnx.Module):
         only_conv2: bool = False,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
         rngs = _rngs(rngs)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, compute=Policy.parse(compute), rngs=rngs)
+        nkw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         c = num_classes
         self.only_conv2 = only_conv2
         self.num_classes = num_classes
         self.in_channels = num_classes
         self.conv1 = layers.conv(c, c, 3, padding=1, use_bias=False, **kw)
-        self.bn1 = layers.batch_norm(c, momentum=0.9, epsilon=1e-5, **kw)
+        self.bn1 = layers.batch_norm(c, momentum=0.9, epsilon=1e-5, **nkw)
         self.conv2 = layers.conv(c, c, 3, padding=1, use_bias=False, **kw)
-        self.bn2 = layers.batch_norm(c, momentum=0.9, epsilon=1e-5, **kw)
+        self.bn2 = layers.batch_norm(c, momentum=0.9, epsilon=1e-5, **nkw)
         initializers.apply(self, init, None, rngs=rngs)
 
     def __call__(self, x: Array, *, return_features: bool = False):

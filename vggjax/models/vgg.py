@@ -25,6 +25,7 @@ from flax import nnx
 from vggjax import initializers, layers
 from vggjax.errors import ConfigError, one_of
 from vggjax.models.heads import make_head
+from vggjax.ops import Policy
 
 Array = jax.Array
 Cfg = Sequence[Union[int, str]]
@@ -71,9 +72,11 @@ class Features(nnx.Module):
         norm_eps: float = 1e-5,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.compute = compute = Policy.parse(compute)
         plan: list[tuple[str, str]] = []  # (kind, name) in execution order
         stage, idx, cin = 1, 0, in_channels
         for v in cfg:
@@ -86,7 +89,7 @@ class Features(nnx.Module):
             idx += 1
             cout = scale_width(v, width)
             name = f"{stage}_{idx}"
-            setattr(self, f"conv{name}", layers.conv(cin, cout, 3, padding=1, **kw))
+            setattr(self, f"conv{name}", layers.conv(cin, cout, 3, padding=1, compute=compute, **kw))
             plan.append(("conv", f"conv{name}"))
             if batch_norm:
                 setattr(self, f"bn{name}", layers.batch_norm(cout, momentum=norm_momentum, epsilon=norm_eps, **kw))
@@ -100,7 +103,7 @@ class Features(nnx.Module):
     def __call__(self, x: Array, feats: dict) -> Array:
         for kind, name in self.plan:
             if kind == "pool":
-                x = layers.max_pool(x)
+                x = layers.max_pool(x, compute=self.compute)
             elif kind == "relu":
                 x = jax.nn.relu(x)
             else:
@@ -128,6 +131,10 @@ class VGG(nnx.Module):
       dropout: dropout rate of the fc / fc_conv heads (the paper's 0.5).
       norm_momentum / norm_eps: BatchNorm options (Flax momentum convention).
       dtype / param_dtype: computation and parameter dtypes (e.g. bfloat16 compute).
+      compute: the compute policy (:class:`vggjax.ops.Policy` or a spec such as ``"auto"``,
+        ``"xla"``): how convs, max pools and the pooled fc6 are lowered. ``"auto"`` lowers
+        native XLA ops for GPU/TPU and the CPU-tuned formulations for CPU; the values are
+        the same either way.
       rngs: ``nnx.Rngs`` or an int seed.
     Call: ``model(x)`` with ``x`` of shape ``(N, H, W, in_channels)`` returns float32 logits
     ``(N, num_classes)``; ``model(x, return_features=True)`` returns ``(logits, feats)``.
@@ -151,6 +158,7 @@ class VGG(nnx.Module):
         norm_eps: float = 1e-5,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
         name: str = "VGG",
     ):
@@ -165,6 +173,7 @@ class VGG(nnx.Module):
         if not 0 <= dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
         rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
+        self.compute = compute = Policy.parse(compute)
         self.name = name
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -176,6 +185,7 @@ class VGG(nnx.Module):
             width=width,
             norm_momentum=norm_momentum,
             norm_eps=norm_eps,
+            compute=compute,
             **kw,
         )
         options = dict(head_options or {})
@@ -185,7 +195,7 @@ class VGG(nnx.Module):
         if head == "gap" and batch_norm:
             options.setdefault("norm_momentum", norm_momentum)
             options.setdefault("norm_eps", norm_eps)
-        self.head = make_head(head, self.features.out_channels, num_classes, **options, **kw)
+        self.head = make_head(head, self.features.out_channels, num_classes, compute=compute, **options, **kw)
         self.head_name = head
         initializers.apply(self, init, bias_init, rngs=rngs)
 
@@ -231,6 +241,7 @@ def _builder(arch: str):
         dropout: float = 0.5,
         dtype=None,
         param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
         **kwargs,
     ) -> VGG:
@@ -245,6 +256,7 @@ def _builder(arch: str):
             dropout=dropout,
             dtype=dtype,
             param_dtype=param_dtype,
+            compute=compute,
             rngs=rngs,
             **kwargs,
         )
@@ -254,7 +266,7 @@ def _builder(arch: str):
     fn.__doc__ = (
         f"VGG config {cfg}{bn_text} (``{arch}``). Keyword options as :class:`VGG` "
         "(num_classes, head, head_options, init, bias_init, width, in_channels, dropout, "
-        "norm_momentum, norm_eps, dtype, param_dtype, rngs). Input NHWC; returns logits."
+        "norm_momentum, norm_eps, dtype, param_dtype, compute, rngs). Input NHWC; returns logits."
     )
     return fn
 

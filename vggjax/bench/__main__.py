@@ -1,0 +1,5 @@
+"""``python -m vggjax.bench``."""
+
+from vggjax.bench.cli import main
+
+main()
