@@ -37,7 +37,7 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     for k, v in record.get("ratios", {}).items():
         lines.append(f"{k}: {v:.2f}x")
     for name, v in record.get("variants", {}).items():
-        lines.append(f"variant {name} (compute={_variant_spec(v)}): {v['step']['median_s'] * 1e3:.0f} ms median, "
+        lines.append(f"variant {name} ({_variant_spec(v)}): {v['step']['median_s'] * 1e3:.0f} ms median, "
                      f"{v['speed_vs_default']:.2f}x the default step's speed")
     for row in record.get("conv_profile", []):
         n, h, w, c, o = row["shape"]
@@ -119,7 +119,7 @@ def variants_table(records: Sequence[dict[str, Any]]) -> str:
         jx = r["jax"]
         rows.append(f"| {record_label(r)} | default | `compute={r['config'].get('compute', 'auto')}` | {jx['step']['median_s'] * 1e3:.0f} ms (±{jx['step']['spread_pct']:.0f}%) | 1.00× |")
         for name, v in r["variants"].items():
-            settings = f"`compute={_variant_spec(v)}`"
+            settings = f"`{_variant_spec(v)}`"
             rows.append(f"| {record_label(r)} | {name} | {settings} | {v['step']['median_s'] * 1e3:.0f} ms "
                         f"(±{v['step']['spread_pct']:.0f}%) | {v['speed_vs_default']:.2f}× |")
     return "\n".join(rows) if len(rows) > 2 else ""
@@ -154,7 +154,7 @@ def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
 
 
 def _variant_spec(v: dict[str, Any]) -> str:
-    """A variant's policy spec; records from before the compute policy list the module settings they changed."""
+    """``compute=SPEC`` of a variant; records from before the compute policy list the module settings they changed."""
     if "compute" in v:
-        return v["compute"]
+        return f"compute={v['compute']}"
     return " ".join(f"{k}={val!r}" for k, val in v.get("settings", {}).items())
