@@ -49,13 +49,21 @@ def instructions(hlo: str) -> list[str]:
 
 def compiled_hlo(checkout: str) -> str:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.path.abspath(checkout)}
-    out = subprocess.run([sys.executable, "-c", CHILD, os.path.abspath(checkout)], env=env, capture_output=True,
-                         text=True, check=True, timeout=1800)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, os.path.abspath(checkout)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def git_head(checkout: str) -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True
+    )
     return proc.stdout.strip()
 
 
@@ -65,20 +73,31 @@ def main(argv=None) -> dict:
     p.add_argument("after")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
-    result: dict = {"command": "python benchmarks/compare_hlo.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    result: dict = {
+        "command": "python benchmarks/compare_hlo.py "
+        + " ".join(sys.argv[1:] if argv is None else argv)
+    }
     sides = {}
     for side in ("before", "after"):
         ins = instructions(compiled_hlo(getattr(args, side)))
-        kinds = collections.Counter(m.group(1) for m in (re.search(r"= \S+ ([\w\-]+)\(", i) for i in ins) if m)
+        kinds = collections.Counter(
+            m.group(1) for m in (re.search(r"= \S+ ([\w\-]+)\(", i) for i in ins) if m
+        )
         sides[side] = ins
-        result[side] = {"checkout": getattr(args, side), "commit": git_head(getattr(args, side)),
-                        "instructions": len(ins), "sha256": hashlib.sha256("\n".join(ins).encode()).hexdigest(),
-                        "op_kinds": dict(sorted(kinds.items()))}
+        result[side] = {
+            "checkout": getattr(args, side),
+            "commit": git_head(getattr(args, side)),
+            "instructions": len(ins),
+            "sha256": hashlib.sha256("\n".join(ins).encode()).hexdigest(),
+            "op_kinds": dict(sorted(kinds.items())),
+        }
     result["identical"] = sides["before"] == sides["after"]
     result["only_before"] = sorted(set(sides["before"]) - set(sides["after"]))[:20]
     result["only_after"] = sorted(set(sides["after"]) - set(sides["before"]))[:20]
-    print(f"before {result['before']['commit'][:10]}: {result['before']['instructions']} instructions; "
-          f"after {result['after']['commit'][:10]}: {result['after']['instructions']}; identical: {result['identical']}")
+    print(
+        f"before {result['before']['commit'][:10]}: {result['before']['instructions']} instructions; "
+        f"after {result['after']['commit'][:10]}: {result['after']['instructions']}; identical: {result['identical']}"
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

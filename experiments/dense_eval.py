@@ -55,12 +55,23 @@ CROP, STRIDE = 224, 32  # VGG's training crop; VGG-16's total stride
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="width 1/8, one image (seconds; used by the tests)")
+    p.add_argument(
+        "--quick", action="store_true", help="width 1/8, one image (seconds; used by the tests)"
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1, or 1/8 with --quick)")
-    p.add_argument("--size", type=int, default=400, help="input side in pixels (default 400, as in the seed)")
+    p.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="channel multiplier (default 1, or 1/8 with --quick)",
+    )
+    p.add_argument(
+        "--size", type=int, default=400, help="input side in pixels (default 400, as in the seed)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--crop-batch", type=int, default=6, help="224×224 crops per forward pass (memory bound)")
+    p.add_argument(
+        "--crop-batch", type=int, default=6, help="224×224 crops per forward pass (memory bound)"
+    )
     return p.parse_args(argv)
 
 
@@ -119,7 +130,9 @@ def timed(fn, *args):
 def build_pair(width: float, seed: int):
     """A ``fc``-head VGG-16 and an ``fc_conv`` VGG-16 holding the very same weights."""
     fc_model = vggjax.vgg16(head="fc", width=width, init="torchvision", rngs=nnx.Rngs(seed))
-    conv_model = vggjax.vgg16(head="fc_conv", width=width, init="torchvision", rngs=nnx.Rngs(seed + 1))
+    conv_model = vggjax.vgg16(
+        head="fc_conv", width=width, init="torchvision", rngs=nnx.Rngs(seed + 1)
+    )
     nnx.update(conv_model.features, nnx.state(fc_model.features))
     conv_model.head.load_fc(fc_model.head)
     fc_model.eval()  # dropout off: the comparisons are of deterministic functions
@@ -146,7 +159,9 @@ def dense_vs_windows_and_crops(fc_model, conv_model, images: np.ndarray, crop_ba
         windows = np.stack([pool5[i : i + k, j : j + k] for i in range(gh) for j in range(gw)])
         win_logits = np.asarray(head_fwd(fc_model.head, jnp.asarray(windows))).reshape(gh, gw, -1)
         cell_vs_window = rel_max(smap, win_logits)
-        cell_vs_window_each = np.array([[rel_max(smap[i, j], win_logits[i, j]) for j in range(gw)] for i in range(gh)])
+        cell_vs_window_each = np.array(
+            [[rel_max(smap[i, j], win_logits[i, j]) for j in range(gw)] for i in range(gh)]
+        )
         mean_vs_map = rel_max(logits, smap.mean(axis=(0, 1)))
         mean_vs_windows = rel_max(logits, win_logits.mean(axis=(0, 1)))
 
@@ -165,8 +180,12 @@ def dense_vs_windows_and_crops(fc_model, conv_model, images: np.ndarray, crop_ba
         # pool5 of each crop vs the full image's window, per position inside the window.
         win5 = windows.reshape(gh, gw, k, k, -1)
         pool5_pos = rel_l2(crop_pool5, win5).mean(axis=(0, 1))  # (7, 7), mean over crops
-        pool5_exact = np.mean(np.all(crop_pool5 == win5, axis=-1), axis=(0, 1))  # share of bit-equal positions
-        cos = np.sum(smap * crop_logits, -1) / (np.linalg.norm(smap, axis=-1) * np.linalg.norm(crop_logits, axis=-1))
+        pool5_exact = np.mean(
+            np.all(crop_pool5 == win5, axis=-1), axis=(0, 1)
+        )  # share of bit-equal positions
+        cos = np.sum(smap * crop_logits, -1) / (
+            np.linalg.norm(smap, axis=-1) * np.linalg.norm(crop_logits, axis=-1)
+        )
         top1 = np.mean(np.argmax(smap, -1) == np.argmax(crop_logits, -1))
         crop_mean = crop_logits.mean(axis=(0, 1))
         # The other answer in the seed: AdaptiveAvgPool(7, 7) + the fc head on the whole image.
@@ -194,7 +213,12 @@ def dense_vs_windows_and_crops(fc_model, conv_model, images: np.ndarray, crop_ba
                 "dense_top1_equals_crop_mean_top1": bool(np.argmax(logits) == np.argmax(crop_mean)),
                 "seconds_full_image_forward": t_full,  # the first image includes compilation
                 "seconds_36_crops_forward": t_crops,
-                "_arrays": {"smap": smap, "crop_logits": crop_logits, "pool5_pos": pool5_pos, "cell_vs_crop": cell_vs_crop},
+                "_arrays": {
+                    "smap": smap,
+                    "crop_logits": crop_logits,
+                    "pool5_pos": pool5_pos,
+                    "cell_vs_crop": cell_vs_crop,
+                },
             }
         )
     return per_image
@@ -224,8 +248,17 @@ def seed_net_12x12(width: float, seed: int, image: np.ndarray) -> dict:
     }
     # A 12×12 VALID conv on a 12×12 map is an FC layer over the flattened map: port one in.
     c = model.features.out_channels
-    fc12 = FCHead(c, model.num_classes, hidden=model.head.fc6.out_features, dropout=0.0, pool_size=12, rngs=nnx.Rngs(seed + 7))
-    vggjax.initializers.apply(fc12, "torchvision", rngs=nnx.Rngs(seed + 7))  # heads are drawn by their model
+    fc12 = FCHead(
+        c,
+        model.num_classes,
+        hidden=model.head.fc6.out_features,
+        dropout=0.0,
+        pool_size=12,
+        rngs=nnx.Rngs(seed + 7),
+    )
+    vggjax.initializers.apply(
+        fc12, "torchvision", rngs=nnx.Rngs(seed + 7)
+    )  # heads are drawn by their model
     model.head.load_fc(fc12)
     (logits2, feats2), _ = timed(fwd, model, x)
     fc_logits = np.asarray(nnx.jit(lambda h, p: h(p, {}))(fc12, feats2["pool5"]))
@@ -240,10 +273,16 @@ def parameter_table(out_dir: str) -> dict:
     table = s.table()
     with open(os.path.join(out_dir, "summary_vgg16_fc_conv_400.txt"), "w") as f:
         f.write(table + "\n")
-    got = {"total": s.total_params, "trainable": s.trainable_params, "non_trainable": s.non_trainable_params}
+    got = {
+        "total": s.total_params,
+        "trainable": s.trainable_params,
+        "non_trainable": s.non_trainable_params,
+    }
     fc6 = next(r for r in s.rows if r.name == "fc6")
     abstract_vgg = nnx.eval_shape(lambda: vggjax.vgg16(head="fc_conv", rngs=nnx.Rngs(0)))
-    flops_224 = vggjax.summary.summarize(nnx.eval_shape(lambda: vggjax.vgg16(rngs=nnx.Rngs(0))), (1, 224, 224, 3)).flops
+    flops_224 = vggjax.summary.summarize(
+        nnx.eval_shape(lambda: vggjax.vgg16(rngs=nnx.Rngs(0))), (1, 224, 224, 3)
+    ).flops
     flops_400 = vggjax.summary.summarize(abstract_vgg, (1, 400, 400, 3)).flops
     return {
         "table_file": "summary_vgg16_fc_conv_400.txt",
@@ -275,7 +314,10 @@ def plot(per_image: list[dict], names: list[str], path: str, width: float) -> No
         im = ax.imshow(a["cell_vs_crop"], cmap="viridis")
         for (i, j), v in np.ndenumerate(a["cell_vs_crop"]):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
-        ax.set_title(f"{name}: ‖cell − fc(crop)‖ / ‖fc(crop)‖\n(6×6 score map vs 224² crop at 32·(i,j))", fontsize=9)
+        ax.set_title(
+            f"{name}: ‖cell − fc(crop)‖ / ‖fc(crop)‖\n(6×6 score map vs 224² crop at 32·(i,j))",
+            fontsize=9,
+        )
         ax.set_xlabel("j (crop left = 32·j px)")
         ax.set_ylabel("i (crop top = 32·i px)")
         fig.colorbar(im, ax=ax, fraction=0.046)
@@ -283,8 +325,19 @@ def plot(per_image: list[dict], names: list[str], path: str, width: float) -> No
         im = ax.imshow(a["pool5_pos"], cmap="magma")
         top = a["pool5_pos"].max()
         for (i, j), v in np.ndenumerate(a["pool5_pos"]):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="k" if v > 0.6 * top else "w", fontsize=8)
-        ax.set_title("pool5 of crop vs full-image window, per position\n(relative L2, mean over the 36 crops)", fontsize=9)
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                color="k" if v > 0.6 * top else "w",
+                fontsize=8,
+            )
+        ax.set_title(
+            "pool5 of crop vs full-image window, per position\n(relative L2, mean over the 36 crops)",
+            fontsize=9,
+        )
         fig.colorbar(im, ax=ax, fraction=0.046)
         ax = axes[row, 2]
         s, c = a["smap"].reshape(-1), a["crop_logits"].reshape(-1)
@@ -295,10 +348,13 @@ def plot(per_image: list[dict], names: list[str], path: str, width: float) -> No
         ax.set_ylabel("score-map cell (logit)")
         ax.set_title(
             f"all 36 cells × {a['smap'].shape[-1]} classes; cells == fc(window) to "
-            f"{res['cell_vs_window_rel_max']:.1e}", fontsize=9
+            f"{res['cell_vs_window_rel_max']:.1e}",
+            fontsize=9,
         )
         ax.legend(loc="upper left")
-    fig.suptitle(f"Dense evaluation of VGG-16 (fc head ported to fc_conv), 400×400 input, width {width:g}, random weights")
+    fig.suptitle(
+        f"Dense evaluation of VGG-16 (fc head ported to fc_conv), 400×400 input, width {width:g}, random weights"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -321,19 +377,28 @@ def main(argv=None) -> dict:
     plot(per_image, names, os.path.join(args.out, "dense_eval.png"), width)
 
     worst_window = max(r["cell_vs_window_rel_max"] for r in per_image)
-    worst_mean = max(max(r["output_vs_map_mean_rel_max"], r["output_vs_window_mean_rel_max"]) for r in per_image)
+    worst_mean = max(
+        max(r["output_vs_map_mean_rel_max"], r["output_vs_window_mean_rel_max"]) for r in per_image
+    )
     checks = {
-        "score_map_is_6x6": all(r["score_map_shape"][:2] == [6, 6] for r in per_image) if args.size == 400 else None,
+        "score_map_is_6x6": all(r["score_map_shape"][:2] == [6, 6] for r in per_image)
+        if args.size == 400
+        else None,
         "cell_equals_fc_on_window_1e-4": worst_window < 1e-4,
         "output_is_map_mean_1e-4": worst_mean < 1e-4,
         "seed_net_1x1_avgpool_is_identity_bitwise": seed12["output_equals_map_cell_bitwise"]
         and seed12["explicit_mean_equals_map_cell_bitwise"],
-        "seed_net_12x12_conv_equals_fc_1e-4": seed12["conv12_vs_fc_on_flattened_map_rel_max"] < 1e-4,
+        "seed_net_12x12_conv_equals_fc_1e-4": seed12["conv12_vs_fc_on_flattened_map_rel_max"]
+        < 1e-4,
         "param_table_matches_seed": table["matches_seed"],
     }
     result = {
         "experiment": "dense_eval",
-        "command": "python " + " ".join([os.path.relpath(__file__, os.path.dirname(HERE))] + (argv if argv is not None else sys.argv[1:])),
+        "command": "python "
+        + " ".join(
+            [os.path.relpath(__file__, os.path.dirname(HERE))]
+            + (argv if argv is not None else sys.argv[1:])
+        ),
         "quick": args.quick,
         "width": width,
         "input_size": args.size,
@@ -350,8 +415,11 @@ def main(argv=None) -> dict:
         "per_image": [{k: v for k, v in r.items() if k != "_arrays"} for r in per_image],
         "seed_net_12x12": seed12,
         "parameter_table": table,
-        "seconds": {"build_models": t_build, "total": time.perf_counter() - t0,
-                    "note": "wall clock on shared CPU cores; forward timings of the first image include compilation"},
+        "seconds": {
+            "build_models": t_build,
+            "total": time.perf_counter() - t0,
+            "note": "wall clock on shared CPU cores; forward timings of the first image include compilation",
+        },
         "versions": versions(),
         "plots": ["dense_eval.png"],
     }

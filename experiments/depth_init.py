@@ -57,13 +57,33 @@ INITS: dict[str, str] = {
     "xavier_uniform": "Xavier (Glorot uniform)",
     "he_normal": "He (kaiming normal, fan_in)",
 }
-COLORS = {"normal(0.01)": "tab:blue", "normal(0.1)": "tab:red", "xavier_uniform": "tab:orange", "he_normal": "tab:green"}
+COLORS = {
+    "normal(0.01)": "tab:blue",
+    "normal(0.1)": "tab:red",
+    "xavier_uniform": "tab:orange",
+    "he_normal": "tab:green",
+}
 
 # Plain VGG-style nets: five stages of 3×3 convs + the fc head; "depth" counts the weight
 # layers (convs + 3 fc), as He et al. do (VGG-16 = 13 convs + 3 fc).
 PLAIN: dict[str, list] = {
-    "plain22": [64, 64, "M", 128, 128, "M"] + [256] * 5 + ["M"] + [512] * 5 + ["M"] + [512] * 5 + ["M"],
-    "plain30": [64] * 3 + ["M"] + [128] * 3 + ["M"] + [256] * 7 + ["M"] + [512] * 7 + ["M"] + [512] * 7 + ["M"],
+    "plain22": [64, 64, "M", 128, 128, "M"]
+    + [256] * 5
+    + ["M"]
+    + [512] * 5
+    + ["M"]
+    + [512] * 5
+    + ["M"],
+    "plain30": [64] * 3
+    + ["M"]
+    + [128] * 3
+    + ["M"]
+    + [256] * 7
+    + ["M"]
+    + [512] * 7
+    + ["M"]
+    + [512] * 7
+    + ["M"],
 }
 VGGS = ("vgg11", "vgg13", "vgg16", "vgg19")
 ARCH_CFG = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
@@ -83,24 +103,59 @@ def make_model(arch: str, **kw) -> VGG:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="VGG-16 gradients only, N(0,0.01) vs He, 32x32 (for the tests)")
-    p.add_argument("--full", action="store_true", help="224x224 gradients; training at width 0.25, 4 seeds, 600 steps (hours on 2 CPU cores)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="VGG-16 gradients only, N(0,0.01) vs He, 32x32 (for the tests)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="224x224 gradients; training at width 0.25, 4 seeds, 600 steps (hours on 2 CPU cores)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--grad-size", type=int, default=None, help="input size of the full-width gradient measurement (default 64)")
+    p.add_argument(
+        "--grad-size",
+        type=int,
+        default=None,
+        help="input size of the full-width gradient measurement (default 64)",
+    )
     p.add_argument("--grad-batch", type=int, default=None, help="images in that batch (default 2)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier of the trained nets (default 0.125)")
-    p.add_argument("--steps", type=int, default=None, help="SGD steps per training run (default 150)")
-    p.add_argument("--batch", type=int, default=16, help="training batch size (default %(default)s)")
-    p.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (default %(default)s)")
+    p.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="channel multiplier of the trained nets (default 0.125)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="SGD steps per training run (default 150)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=16, help="training batch size (default %(default)s)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=0.005, help="SGD learning rate (default %(default)s)"
+    )
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--dropout", type=float, default=0.0,
-                   help="fc-head dropout while training (default 0: VGG's 0.5 slows every init's start alike)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="fc-head dropout while training (default 0: VGG's 0.5 slows every init's start alike)",
+    )
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2)")
     p.add_argument("--archs", default=None, help="comma-separated nets to train (default: all six)")
-    p.add_argument("--inits", default=None, help="comma-separated inits to train (default: all that apply)")
-    p.add_argument("--literal-std", action="store_true",
-                   help="train with std 0.01 / 0.1 as written instead of scaling them by 1/sqrt(width)")
-    p.add_argument("--no-train", action="store_true", help="only the full-width gradient measurement")
+    p.add_argument(
+        "--inits", default=None, help="comma-separated inits to train (default: all that apply)"
+    )
+    p.add_argument(
+        "--literal-std",
+        action="store_true",
+        help="train with std 0.01 / 0.1 as written instead of scaling them by 1/sqrt(width)",
+    )
+    p.add_argument(
+        "--no-train", action="store_true", help="only the full-width gradient measurement"
+    )
     p.add_argument("--no-grads", action="store_true", help="only the training runs")
     p.add_argument("--no-plots", action="store_true")
     return p.parse_args(argv)
@@ -109,29 +164,48 @@ def parse_args(argv=None) -> argparse.Namespace:
 def versions() -> dict:
     import flax
 
-    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "numpy": np.__version__, "backend": jax.default_backend(),
-            "cpu_count": os.cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def kernel_grad_norms(metrics, order: list[str]) -> list[float]:
-    stats = {k: v for k, v in metrics.items() if k.startswith("grad_norm/") and k.endswith("/kernel")}
+    stats = {
+        k: v for k, v in metrics.items() if k.startswith("grad_norm/") and k.endswith("/kernel")
+    }
     return [v for _, v in diagnostics.by_layer(stats, "grad_norm", leaves=True, order=order)]
 
 
 def conv_act_std(metrics) -> list[tuple[str, float]]:
     """Std of every conv / fc *output* (pre-ReLU), in network order (VGG feats names sort correctly)."""
-    items = diagnostics.by_layer({k: v for k, v in metrics.items() if k.startswith("act_std/")}, "act_std")
+    items = diagnostics.by_layer(
+        {k: v for k, v in metrics.items() if k.startswith("act_std/")}, "act_std"
+    )
     return [(n, v) for n, v in items if n.startswith("conv") or n in ("fc6", "fc7", "fc8")]
 
 
-def load_arrays(split: str, size: int, channels: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    split: str, size: int, channels: int, n: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The whole ``split`` of the embedded digits as NHWC float32 (dataset normalisation) + int labels."""
-    batches, _ = load("vggjax_digits", split, global_batch_size=256, train=False, image_size=size,
-                      channels=channels, augment="none")
+    batches, _ = load(
+        "vggjax_digits",
+        split,
+        global_batch_size=256,
+        train=False,
+        image_size=size,
+        channels=channels,
+        augment="none",
+    )
     xs, ys = [], []
     for b in batches:
         xs.append(b["image"][b["mask"]])
@@ -143,8 +217,13 @@ def load_arrays(split: str, size: int, channels: int, n: int | None = None) -> t
 # --------------------------------------------------------------------------- part 1
 
 
-def grads_at_init(archs_inits: list[tuple[str, str]], size: int, batch: int, head_options: dict | None,
-                  seed: int = 0) -> dict:
+def grads_at_init(
+    archs_inits: list[tuple[str, str]],
+    size: int,
+    batch: int,
+    head_options: dict | None,
+    seed: int = 0,
+) -> dict:
     """Per-layer kernel gradient norms + activation stds at init, full width, one batch."""
     x, y = load_arrays("train", size, 3, batch)
     b = {"image": jnp.asarray(x), "label": jnp.asarray(y), "mask": jnp.ones((len(y),), bool)}
@@ -155,8 +234,18 @@ def grads_at_init(archs_inits: list[tuple[str, str]], size: int, batch: int, hea
         t0 = time.perf_counter()
         # Built abstractly, then every conv/linear drawn once by the library's init: no
         # wasted default draw of the 100M-parameter fc6.
-        model = nnx.eval_shape(lambda: make_model(arch, num_classes=10, head="fc", head_options=head_options,
-                                                  init="zeros", bias_init="zeros", dropout=0.0, in_channels=3))
+        model = nnx.eval_shape(
+            lambda: make_model(
+                arch,
+                num_classes=10,
+                head="fc",
+                head_options=head_options,
+                init="zeros",
+                bias_init="zeros",
+                dropout=0.0,
+                in_channels=3,
+            )
+        )
         initializers.apply(model, init, "zeros", rngs=nnx.Rngs(seed))
         graphdef, _, state = state_from_model(model, tx)
         n_params = int(sum(v.size for v in jax.tree.leaves(state.params)))
@@ -165,7 +254,9 @@ def grads_at_init(archs_inits: list[tuple[str, str]], size: int, batch: int, hea
         t0 = time.perf_counter()
         if arch not in compiled:
             order = diagnostics.kernel_order(model, jax.ShapeDtypeStruct(x.shape, jnp.float32))
-            step = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True))
+            step = jax.jit(
+                make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True)
+            )
             compiled[arch] = (step.lower(state, b).compile(), order)
         step, order = compiled[arch]
         t_compile = time.perf_counter() - t0
@@ -184,10 +275,17 @@ def grads_at_init(archs_inits: list[tuple[str, str]], size: int, batch: int, hea
             "loss": m["loss"],
             "global_grad_norm": m["global_grad_norm"],
             "params": n_params,
-            "seconds": {"init": round(t_init, 2), "compile": round(t_compile, 2), "step": round(t_step, 2)},
+            "seconds": {
+                "init": round(t_init, 2),
+                "compile": round(t_compile, 2),
+                "step": round(t_step, 2),
+            },
         }
-        print(f"[grads] {arch:8s} {init:15s} loss {m['loss']:.3g}  |g| first {norms[0]:.3g} last {norms[-1]:.3g}  "
-              f"(init {t_init:.1f}s, compile {t_compile:.1f}s, step {t_step:.1f}s)", flush=True)
+        print(
+            f"[grads] {arch:8s} {init:15s} loss {m['loss']:.3g}  |g| first {norms[0]:.3g} last {norms[-1]:.3g}  "
+            f"(init {t_init:.1f}s, compile {t_compile:.1f}s, step {t_step:.1f}s)",
+            flush=True,
+        )
     return out
 
 
@@ -205,14 +303,18 @@ def training_spec(init: str, width: float, literal: bool) -> str:
     """
     if literal or not init.startswith("normal("):
         return init
-    std = float(init[len("normal("):-1])
+    std = float(init[len("normal(") : -1])
     return f"normal({std / math.sqrt(width):.4g})"
 
 
 def train_runs(archs: list[str], seeds: list[int], steps: int, args, data) -> dict:
     """Train every (arch, init, seed) at reduced width; loss curve, test accuracy, grads at step 1."""
     xtr, ytr, xte, yte = data
-    test = {"image": jnp.asarray(xte), "label": jnp.asarray(yte), "mask": jnp.ones((len(yte),), bool)}
+    test = {
+        "image": jnp.asarray(xte),
+        "label": jnp.asarray(yte),
+        "mask": jnp.ones((len(yte),), bool),
+    }
     tx = optim.make_optimizer({"learning_rate": args.lr, "momentum": args.momentum}, 1, steps)
     out: dict = {}
     for arch in archs:
@@ -224,14 +326,29 @@ def train_runs(archs: list[str], seeds: list[int], steps: int, args, data) -> di
             for seed in seeds:
                 t0 = time.perf_counter()
                 spec = training_spec(init, args.width, args.literal_std)
-                model = make_model(arch, num_classes=10, head="fc", head_options={"pool_size": 1}, init=spec,
-                                   bias_init="zeros", width=args.width, in_channels=1, dropout=args.dropout,
-                                   rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+                model = make_model(
+                    arch,
+                    num_classes=10,
+                    head="fc",
+                    head_options={"pool_size": 1},
+                    init=spec,
+                    bias_init="zeros",
+                    width=args.width,
+                    in_channels=1,
+                    dropout=args.dropout,
+                    rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+                )
                 graphdef, eval_graphdef, state = state_from_model(model, tx)
                 if step is None:
-                    order = diagnostics.kernel_order(model, jax.ShapeDtypeStruct((args.batch,) + xtr.shape[1:], jnp.float32))
-                    step = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True),
-                                   donate_argnums=0)
+                    order = diagnostics.kernel_order(
+                        model, jax.ShapeDtypeStruct((args.batch,) + xtr.shape[1:], jnp.float32)
+                    )
+                    step = jax.jit(
+                        make_train_step(
+                            graphdef, tx, "softmax_cross_entropy", with_diagnostics=True
+                        ),
+                        donate_argnums=0,
+                    )
                     evaluate = jax.jit(make_eval_step(eval_graphdef, "softmax_cross_entropy"))
                 rng = np.random.RandomState(seed)
                 perm, pos = rng.permutation(len(ytr)), 0
@@ -239,9 +356,12 @@ def train_runs(archs: list[str], seeds: list[int], steps: int, args, data) -> di
                 for i in range(1, steps + 1):
                     if pos + args.batch > len(perm):  # reshuffle every epoch, drop the remainder
                         perm, pos = rng.permutation(len(ytr)), 0
-                    idx = perm[pos: pos + args.batch]
+                    idx = perm[pos : pos + args.batch]
                     pos += args.batch
-                    state, m = step(state, {"image": xtr[idx], "label": ytr[idx], "mask": np.ones(len(idx), bool)})
+                    state, m = step(
+                        state,
+                        {"image": xtr[idx], "label": ytr[idx], "mask": np.ones(len(idx), bool)},
+                    )
                     if i == 1:
                         first = diagnostics.to_python(m)
                     pending.append((m["loss"], m["accuracy"]))
@@ -270,9 +390,16 @@ def train_runs(archs: list[str], seeds: list[int], steps: int, args, data) -> di
                     "seconds": round(time.perf_counter() - t0, 1),
                 }
                 out.setdefault(arch, {}).setdefault(init, {})[str(seed)] = rec
-                acc = "diverged (non-finite loss at step %d)" % diverged if diverged else f"test acc {rec['test_accuracy']:.3f}"
-                print(f"[train] {arch:8s} {init:15s} seed {seed}: final loss {np.mean(losses[-10:]):.3g}, {acc} "
-                      f"({rec['seconds']}s)", flush=True)
+                acc = (
+                    "diverged (non-finite loss at step %d)" % diverged
+                    if diverged
+                    else f"test acc {rec['test_accuracy']:.3f}"
+                )
+                print(
+                    f"[train] {arch:8s} {init:15s} seed {seed}: final loss {np.mean(losses[-10:]):.3g}, {acc} "
+                    f"({rec['seconds']}s)",
+                    flush=True,
+                )
         out[arch]["layers"] = [p[: -len("/kernel")] for p in order]
     return out
 
@@ -286,16 +413,22 @@ def summarize(train: dict) -> dict:
                 continue
             recs = list(runs.values())
             accs = [r["test_accuracy"] for r in recs if r["test_accuracy"] is not None]
-            finals = [float(np.mean(r["train_loss"][-10:])) for r in recs if r["diverged_at_step"] is None]
+            finals = [
+                float(np.mean(r["train_loss"][-10:])) for r in recs if r["diverged_at_step"] is None
+            ]
             table.setdefault(arch, {})[init] = {
                 "seeds": len(recs),
                 "diverged": sum(r["diverged_at_step"] is not None for r in recs),
-                "diverged_at_steps": [r["diverged_at_step"] for r in recs if r["diverged_at_step"] is not None],
+                "diverged_at_steps": [
+                    r["diverged_at_step"] for r in recs if r["diverged_at_step"] is not None
+                ],
                 "test_acc_mean": float(np.mean(accs)) if accs else None,
                 "test_acc_std": float(np.std(accs)) if accs else None,
                 "final_loss_mean": float(np.mean(finals)) if finals else None,
                 "final_loss_std": float(np.std(finals)) if finals else None,
-                "step1_first_layer_grad_mean": float(np.mean([r["step1_grad_norm"][0] for r in recs])),
+                "step1_first_layer_grad_mean": float(
+                    np.mean([r["step1_grad_norm"][0] for r in recs])
+                ),
             }
     return table
 
@@ -316,14 +449,16 @@ def plot_grads(grads: dict, path: str, title: str) -> None:
     for ax, arch in zip(axes.flat, archs):
         for init, rec in grads[arch].items():
             g = np.maximum(np.asarray(rec["grad_norm"]), 1e-30)
-            ax.semilogy(np.arange(1, len(g) + 1), g, "o-", ms=3, color=COLORS[init], label=INITS[init])
+            ax.semilogy(
+                np.arange(1, len(g) + 1), g, "o-", ms=3, color=COLORS[init], label=INITS[init]
+            )
         n = len(next(iter(grads[arch].values()))["grad_norm"])
         ax.axvline(n - 2.5, color="grey", lw=0.8, ls=":")
         ax.set_title(f"{arch} ({depth(arch)} weight layers)")
         ax.set_xlabel("weight layer (1 = conv1_1; last 3 = fc6-8)")
         ax.set_ylabel("‖∂L/∂W‖ at init")
         ax.grid(True, which="major", alpha=0.3)
-    for ax in list(axes.flat)[len(archs):]:
+    for ax in list(axes.flat)[len(archs) :]:
         ax.axis("off")
     for ax in axes.flat:
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -346,7 +481,9 @@ def plot_acts(grads: dict, path: str, title: str) -> None:
     for ax, arch in zip(axes.flat, archs):
         for init, rec in grads[arch].items():
             a = np.maximum(np.asarray(rec["act_std"]), 1e-30)
-            ax.semilogy(np.arange(1, len(a) + 1), a, "o-", ms=3, color=COLORS[init], label=INITS[init])
+            ax.semilogy(
+                np.arange(1, len(a) + 1), a, "o-", ms=3, color=COLORS[init], label=INITS[init]
+            )
         ax.set_title(f"{arch}: forward signal at init")
         ax.set_xlabel("weight layer (output, before ReLU)")
         ax.set_ylabel("std of the layer's output")
@@ -361,7 +498,7 @@ def plot_acts(grads: dict, path: str, title: str) -> None:
 def short_label(init: str, runs: dict) -> str:
     spec = next(iter(runs.values()))["init_spec"]
     if spec.startswith("normal("):
-        return f"N(0, {spec[len('normal('):-1]}²)"
+        return f"N(0, {spec[len('normal(') : -1]}²)"
     return INITS[init].split(" (")[0]
 
 
@@ -384,7 +521,12 @@ def plot_training(train: dict, table: dict, path: str, title: str) -> None:
             if not curves:
                 steps = t["diverged_at_steps"]
                 span = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
-                ax.plot([], [], color=COLORS[init], label=f"{short_label(init, runs)}: non-finite at step {span}")
+                ax.plot(
+                    [],
+                    [],
+                    color=COLORS[init],
+                    label=f"{short_label(init, runs)}: non-finite at step {span}",
+                )
                 continue
             n = min(len(c) for c in curves)
             c = np.asarray([cc[:n] for cc in curves])
@@ -403,7 +545,7 @@ def plot_training(train: dict, table: dict, path: str, title: str) -> None:
         ax.set_ylabel("train loss (10-step mean)")
         ax.legend(fontsize=7)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(archs):]:
+    for ax in list(axes.flat)[len(archs) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -450,17 +592,23 @@ def main(argv=None) -> dict:
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "data": {
             "dataset": "vggjax_digits (scikit-learn's 8x8 handwritten digits, embedded; 1,438 train / 359 test, "
-                       "10 classes) - CIFAR-10/ImageNet are not available offline",
+            "10 classes) - CIFAR-10/ImageNet are not available offline",
             "gradient_batch": f"the first {gbatch} training images, upsampled to {size}x{size}, grey -> 3 channels",
             "training": "all training images at 32x32x1, reshuffled every epoch (remainder dropped); test split for accuracy",
         },
         "gradient_measurement": {
-            "width": 1.0, "input_size": size, "batch": gbatch, "num_classes": 10,
-            "head": "fc (torchvision: adaptive avg-pool 7x7, fc6 25088->4096, fc7, fc8)" if head_opts is None
-                    else f"fc with head_options={head_opts} (512->4096->4096->10)",
-            "dropout": 0.0, "bias_init": "zeros", "seed": 0,
+            "width": 1.0,
+            "input_size": size,
+            "batch": gbatch,
+            "num_classes": 10,
+            "head": "fc (torchvision: adaptive avg-pool 7x7, fc6 25088->4096, fc7, fc8)"
+            if head_opts is None
+            else f"fc with head_options={head_opts} (512->4096->4096->10)",
+            "dropout": 0.0,
+            "bias_init": "zeros",
+            "seed": 0,
             "note": "grad_norm = L2 norm of dL/dW for each conv/fc kernel (mean softmax cross-entropy over the batch); "
-                    "act_std = std of each conv/fc output before its ReLU",
+            "act_std = std of each conv/fc output before its ReLU",
             "results": grads,
         },
         "checks": checks,
@@ -468,10 +616,16 @@ def main(argv=None) -> dict:
     }
     if train is not None:
         result["training"] = {
-            "width": args.width, "image_size": 32, "in_channels": 1, "batch": args.batch, "steps": steps,
-            "seeds": seeds, "optimizer": {"sgd_lr": args.lr, "momentum": args.momentum, "weight_decay": 0.0},
+            "width": args.width,
+            "image_size": 32,
+            "in_channels": 1,
+            "batch": args.batch,
+            "steps": steps,
+            "seeds": seeds,
+            "optimizer": {"sgd_lr": args.lr, "momentum": args.momentum, "weight_decay": 0.0},
             "head": "fc with head_options={'pool_size': 1} (the 1x1 map of a 32x32 input, no 49x replication)",
-            "dropout": args.dropout, "bias_init": "zeros",
+            "dropout": args.dropout,
+            "bias_init": "zeros",
             "note": "a run whose loss becomes non-finite stops there (diverged_at_step)",
             "table": table,
             "runs": train,
@@ -480,17 +634,28 @@ def main(argv=None) -> dict:
     plots = []
     if not args.no_plots and grads:
         where = f"{size}x{size}, batch {gbatch}, full width"
-        plot_grads(grads, os.path.join(args.out, "grad_norms_init.png"),
-                   f"Per-layer kernel gradient norm at initialisation ({where}, zero biases)")
+        plot_grads(
+            grads,
+            os.path.join(args.out, "grad_norms_init.png"),
+            f"Per-layer kernel gradient norm at initialisation ({where}, zero biases)",
+        )
         plots.append("grad_norms_init.png")
-        plot_acts(grads, os.path.join(args.out, "activations_init.png"), f"Forward signal at initialisation ({where})")
+        plot_acts(
+            grads,
+            os.path.join(args.out, "activations_init.png"),
+            f"Forward signal at initialisation ({where})",
+        )
         plots.append("activations_init.png")
     if not args.no_plots and train is not None:
         if True:
-            plot_training(train, table, os.path.join(args.out, "training.png"),
-                          f"Training at width {args.width} on embedded digits 32x32: mean ± std over seeds {seeds} "
-                          f"(SGD lr {args.lr}, momentum {args.momentum}, batch {args.batch}, dropout {args.dropout}); "
-                          + ("std as written" if args.literal_std else "fixed stds scaled by 1/√width"))
+            plot_training(
+                train,
+                table,
+                os.path.join(args.out, "training.png"),
+                f"Training at width {args.width} on embedded digits 32x32: mean ± std over seeds {seeds} "
+                f"(SGD lr {args.lr}, momentum {args.momentum}, batch {args.batch}, dropout {args.dropout}); "
+                + ("std as written" if args.literal_std else "fixed stds scaled by 1/√width"),
+            )
             plots.append("training.png")
     result["plots"] = plots
     with open(os.path.join(args.out, "result.json"), "w") as f:
@@ -498,7 +663,11 @@ def main(argv=None) -> dict:
     if table:
         for arch, rows in table.items():
             for init, t in rows.items():
-                acc = "-" if t["test_acc_mean"] is None else f"{t['test_acc_mean']:.3f}±{t['test_acc_std']:.3f}"
+                acc = (
+                    "-"
+                    if t["test_acc_mean"] is None
+                    else f"{t['test_acc_mean']:.3f}±{t['test_acc_std']:.3f}"
+                )
                 print(f"{arch:8s} {init:15s} acc {acc}  diverged {t['diverged']}/{t['seeds']}")
     print(json.dumps({"checks": checks, "seconds": result["seconds"], "out": args.out}))
     return result

@@ -95,21 +95,42 @@ TRACKED_STATS = (
 PRESETS = {
     # width, image size, batch, steps of the variant runs, main lr, sweep lrs, seeds, variants
     "default": dict(
-        width=0.125, image_size=32, batch_size=32, steps=300, lr=0.03,
-        sweep_lrs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0], seeds=[0, 1, 2], sweep_cap=150,
-        variants=list(VARIANTS), test_examples=500,
+        width=0.125,
+        image_size=32,
+        batch_size=32,
+        steps=300,
+        lr=0.03,
+        sweep_lrs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+        seeds=[0, 1, 2],
+        sweep_cap=150,
+        variants=list(VARIANTS),
+        test_examples=500,
     ),
     "quick": dict(
-        width=0.0625, image_size=32, batch_size=16, steps=30, lr=0.1,
-        sweep_lrs=[], seeds=[0], sweep_cap=30,
-        variants=["relu_scores", "linear_scores"], test_examples=0,
+        width=0.0625,
+        image_size=32,
+        batch_size=16,
+        steps=30,
+        lr=0.1,
+        sweep_lrs=[],
+        seeds=[0],
+        sweep_cap=30,
+        variants=["relu_scores", "linear_scores"],
+        test_examples=0,
         # Per-layer statistics only where they are checked: each costs seconds of compile.
         diagnostics=["relu_scores"],
     ),
     "full": dict(
-        width=1.0, image_size=224, batch_size=16, steps=300, lr=0.03,
-        sweep_lrs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0], seeds=[0, 1, 2], sweep_cap=150,
-        variants=list(VARIANTS), test_examples=500,
+        width=1.0,
+        image_size=224,
+        batch_size=16,
+        steps=300,
+        lr=0.03,
+        sweep_lrs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+        seeds=[0, 1, 2],
+        sweep_cap=150,
+        variants=list(VARIANTS),
+        test_examples=500,
         data_batches=100,  # 1,600 images at 224x224 kept in memory (~1 GB), cycled
     ),
 }
@@ -122,12 +143,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="tiny run for the test suite (~30 s)")
-    mode.add_argument("--full", action="store_true", help="original width and 224x224 input (accelerator)")
+    mode.add_argument(
+        "--full", action="store_true", help="original width and 224x224 input (accelerator)"
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="updates per variant run (preset default)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate of the variant runs (preset default)")
-    p.add_argument("--replot", action="store_true", help="only redraw the PNGs from OUT/result.json")
+    p.add_argument(
+        "--steps", type=int, default=None, help="updates per variant run (preset default)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="learning rate of the variant runs (preset default)"
+    )
+    p.add_argument(
+        "--replot", action="store_true", help="only redraw the PNGs from OUT/result.json"
+    )
     return p.parse_args(argv)
 
 
@@ -151,12 +180,21 @@ def load_data(image_size: int, batch_size: int, n_batches: int, test_examples: i
     """``n_batches`` training batches (kept in memory: every run sees the same sequence) and a test slice."""
     from vggjax.data import load
 
-    it, info = load(DATASET, global_batch_size=batch_size, train=True, image_size=image_size, channels=3,
-                    seed=seed, augment="none")
+    it, info = load(
+        DATASET,
+        global_batch_size=batch_size,
+        train=True,
+        image_size=image_size,
+        channels=3,
+        seed=seed,
+        augment="none",
+    )
     train = [{k: jnp.asarray(v) for k, v in next(it).items()} for _ in range(n_batches)]
     test = []
     if test_examples:
-        batches, _ = load(DATASET, global_batch_size=250, train=False, image_size=image_size, channels=3)
+        batches, _ = load(
+            DATASET, global_batch_size=250, train=False, image_size=image_size, channels=3
+        )
         for b in batches:
             test.append({k: jnp.asarray(v) for k, v in b.items()})
             if 250 * len(test) >= test_examples:
@@ -184,23 +222,37 @@ class Runner:
     """Builds a variant, its optimizer and its jitted train step (cached per variant and lr)."""
 
     def __init__(self, width: float, num_classes: int, momentum: float, total_steps: int):
-        self.width, self.num_classes, self.momentum, self.total_steps = width, num_classes, momentum, total_steps
+        self.width, self.num_classes, self.momentum, self.total_steps = (
+            width,
+            num_classes,
+            momentum,
+            total_steps,
+        )
         self._steps: dict = {}
         self._evals: dict = {}
         self.compile_seconds = 0.0
 
     def model(self, variant: str, seed: int):
-        return vggjax.wsdr(num_classes=self.num_classes, width=self.width, init="torch_default",
-                           rngs=nnx.Rngs(seed), **VARIANTS[variant])
+        return vggjax.wsdr(
+            num_classes=self.num_classes,
+            width=self.width,
+            init="torch_default",
+            rngs=nnx.Rngs(seed),
+            **VARIANTS[variant],
+        )
 
     def start(self, variant: str, lr: float, seed: int, with_diagnostics: bool = True):
         """``(state, step_fn, graphdef)`` for a fresh model of ``variant`` with ``seed``."""
-        tx = optim.make_optimizer(dict(learning_rate=lr, momentum=self.momentum), 1, self.total_steps)
+        tx = optim.make_optimizer(
+            dict(learning_rate=lr, momentum=self.momentum), 1, self.total_steps
+        )
         graphdef, _, state = vtrain.state_from_model(self.model(variant, seed), tx)
         key = (variant, lr)
         if key not in self._steps:
             # One compiled step per (variant, lr); seeds share it (same graph, same optimizer).
-            step = vtrain.make_train_step(graphdef, tx, "multilabel_soft_margin", with_diagnostics=with_diagnostics)
+            step = vtrain.make_train_step(
+                graphdef, tx, "multilabel_soft_margin", with_diagnostics=with_diagnostics
+            )
             self._steps[key] = (jax.jit(step), graphdef)
         return state, *self._steps[key]
 
@@ -212,6 +264,7 @@ class Runner:
         would not be the network that was trained (measured separately).
         """
         if variant not in self._evals:
+
             def fwd(state, x):
                 logits, feats = vtrain.merge(graphdef, state)(x, return_features=True)
                 return logits, feats["score"]
@@ -224,8 +277,16 @@ def score_bias(state) -> np.ndarray:
     return np.asarray(nnx.to_pure_dict(state.params)["head"]["score"]["bias"])
 
 
-def train_run(runner: Runner, variant: str, lr: float, seed: int, data: list[dict], steps: int,
-              stop_after_collapse: int | None = None, with_diagnostics: bool = True) -> tuple[dict, object, object]:
+def train_run(
+    runner: Runner,
+    variant: str,
+    lr: float,
+    seed: int,
+    data: list[dict],
+    steps: int,
+    stop_after_collapse: int | None = None,
+    with_diagnostics: bool = True,
+) -> tuple[dict, object, object]:
     """Train one model, recording per-step metrics; returns ``(record, final state, graphdef)``.
 
     The metrics of step ``t`` come from the forward/backward pass on the parameters after
@@ -251,7 +312,11 @@ def train_run(runner: Runner, variant: str, lr: float, seed: int, data: list[dic
                 hist[k].append(m.get(k))
         dead_now = relu and m.get("zero_frac/score_relu") == 1.0 and m["grad_norm"] == 0.0
         collapse = (t if collapse is None else collapse) if dead_now else None
-        if stop_after_collapse is not None and collapse is not None and t - collapse >= stop_after_collapse:
+        if (
+            stop_after_collapse is not None
+            and collapse is not None
+            and t - collapse >= stop_after_collapse
+        ):
             break
     hist = {k: v for k, v in hist.items() if any(x is not None for x in v)}
     dead = hist.get("dead_frac/score_relu")
@@ -263,7 +328,9 @@ def train_run(runner: Runner, variant: str, lr: float, seed: int, data: list[dic
         "seed": seed,
         "steps_run": len(hist["loss"]),
         "updates_to_collapse": collapse,
-        "updates_to_all_dead": next((i for i, d in enumerate(dead) if d == 1.0), None) if dead else None,
+        "updates_to_all_dead": next((i for i, d in enumerate(dead) if d == 1.0), None)
+        if dead
+        else None,
         "dead_frac_at_init": dead[0] if dead else None,
         "final_loss": hist["loss"][-1],
         "final_loss_minus_ln2": hist["loss"][-1] - LN2,
@@ -323,7 +390,11 @@ def init_analysis(runner: Runner, data: list[dict], seed: int) -> dict:
     peak = score.max(axis=(0, 1, 2))
     y = np.asarray(data[0]["label"])
     sig = 1.0 / (1.0 + np.exp(-np.asarray(logits)))
-    std_by_layer = {k: float(np.std(np.asarray(v))) for k, v in feats.items() if k.startswith("relu") or k in ("head_relu1", "score")}
+    std_by_layer = {
+        k: float(np.std(np.asarray(v)))
+        for k, v in feats.items()
+        if k.startswith("relu") or k in ("head_relu1", "score")
+    }
     return {
         "score_bias": bias.tolist(),
         "score_bias_bound_1_over_sqrt_fan_in": 1.0 / math.sqrt(fan_in),
@@ -356,8 +427,13 @@ def plot_main(res: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     runs = res["variant_runs"]
-    colors = {"relu_scores": "C3", "linear_scores": "C0", "fc_after_gap": "C2", "batchnorm": "C1",
-              "batchnorm_linear_scores": "C4"}
+    colors = {
+        "relu_scores": "C3",
+        "linear_scores": "C0",
+        "fc_after_gap": "C2",
+        "batchnorm": "C1",
+        "batchnorm_linear_scores": "C4",
+    }
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     cfg = res["config"]
     floor = 1e-9
@@ -368,8 +444,13 @@ def plot_main(res: dict, path: str) -> None:
         ax.plot(h, color=colors[name], alpha=0.25, lw=0.7)
         ax.plot(_smooth(h), color=colors[name], label=LABELS[name])
     ax.axhline(LN2, color="k", ls="--", lw=0.8, label="ln 2 = 0.693147")
-    ax.axhline(res["labels"]["prior_entropy_loss"], color="gray", ls=":", lw=1,
-               label=f"best constant prediction = {res['labels']['prior_entropy_loss']:.3f}")
+    ax.axhline(
+        res["labels"]["prior_entropy_loss"],
+        color="gray",
+        ls=":",
+        lw=1,
+        label=f"best constant prediction = {res['labels']['prior_entropy_loss']:.3f}",
+    )
     ax.set_xlabel("update")
     ax.set_ylabel("train loss (multilabel soft margin, per label)")
     ax.set_title(f"(a) loss, lr {cfg['lr']} momentum {cfg['momentum']}")
@@ -420,11 +501,20 @@ def plot_main(res: dict, path: str) -> None:
             done = [r for r in mine if r["updates_to_collapse"] is not None]
             alive = [r["lr"] for r in mine if r["updates_to_collapse"] is None]
             jitter = 1 + 0.04 * (i - 1)  # seeds side by side
-            ax.plot([r["lr"] * jitter for r in done], [max(r["updates_to_collapse"], 0.8) for r in done], "o",
-                    color=f"C{i}", label=f"seed {seed}")
+            ax.plot(
+                [r["lr"] * jitter for r in done],
+                [max(r["updates_to_collapse"], 0.8) for r in done],
+                "o",
+                color=f"C{i}",
+                label=f"seed {seed}",
+            )
             if alive:
                 ax.plot(alive, [cap] * len(alive), "^", color=f"C{i}", mfc="none")
-        med = [(float(k), v) for k, v in sweep["median_updates_to_collapse_by_lr"].items() if v is not None]
+        med = [
+            (float(k), v)
+            for k, v in sweep["median_updates_to_collapse_by_lr"].items()
+            if v is not None
+        ]
         ax.plot([k for k, _ in med], [max(v, 0.8) for _, v in med], "k-", lw=0.8, label="median")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -439,14 +529,34 @@ def plot_main(res: dict, path: str) -> None:
     names = [n for n in runs if "test_mAP" in runs[n]]
     if names:
         x = np.arange(len(names))
-        ax.bar(x - 0.2, [runs[n]["test_mAP"] for n in names], 0.4, color=[colors[n] for n in names], label="test mAP")
-        ax.bar(x + 0.2, [runs[n]["test_loss"] for n in names], 0.4, color=[colors[n] for n in names], alpha=0.4,
-               hatch="//", label="test loss")
-        ax.axhline(res["labels"]["chance_mAP"], color="gray", ls=":", label=f"chance mAP ≈ {res['labels']['chance_mAP']:.2f}")
+        ax.bar(
+            x - 0.2,
+            [runs[n]["test_mAP"] for n in names],
+            0.4,
+            color=[colors[n] for n in names],
+            label="test mAP",
+        )
+        ax.bar(
+            x + 0.2,
+            [runs[n]["test_loss"] for n in names],
+            0.4,
+            color=[colors[n] for n in names],
+            alpha=0.4,
+            hatch="//",
+            label="test loss",
+        )
+        ax.axhline(
+            res["labels"]["chance_mAP"],
+            color="gray",
+            ls=":",
+            label=f"chance mAP ≈ {res['labels']['chance_mAP']:.2f}",
+        )
         ax.axhline(LN2, color="k", ls="--", lw=0.8, label="ln 2")
         ax.set_xticks(x)
         ax.set_xticklabels([SHORT[n] for n in names], fontsize=8)
-        ax.set_title(f"(f) after {cfg['steps']} updates: {res['config']['test_examples']} test images")
+        ax.set_title(
+            f"(f) after {cfg['steps']} updates: {res['config']['test_examples']} test images"
+        )
         ax.legend(fontsize=7)
     else:
         ax.axis("off")
@@ -511,7 +621,9 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
 
     n_batches = cfg.get("data_batches") or max(cfg["steps"], cfg["sweep_cap"])
-    train, test, info = load_data(cfg["image_size"], cfg["batch_size"], n_batches, cfg["test_examples"])
+    train, test, info = load_data(
+        cfg["image_size"], cfg["batch_size"], n_batches, cfg["test_examples"]
+    )
     t_data = time.perf_counter() - t0
     lab = label_stats(train)
     lab["chance_mAP"] = float(np.mean(lab["class_frequency"]))  # mAP of a constant score
@@ -522,29 +634,45 @@ def main(argv=None) -> dict:
     variant_runs = {}
     for variant in cfg["variants"]:
         diag = cfg.get("diagnostics", "all") == "all" or variant in cfg["diagnostics"]
-        rec, state, graphdef = train_run(runner, variant, cfg["lr"], cfg["seeds"][0], train, cfg["steps"],
-                                         with_diagnostics=diag)
+        rec, state, graphdef = train_run(
+            runner, variant, cfg["lr"], cfg["seeds"][0], train, cfg["steps"], with_diagnostics=diag
+        )
         rec.update(evaluate(runner, variant, graphdef, state, test))
         bn_eval = bn_eval_mode_loss(variant, graphdef, state, test)
         if bn_eval is not None:
             rec["test_loss_eval_mode_frozen_running_stats"] = bn_eval
         variant_runs[variant] = rec
-        print(f"{variant:25s} loss {rec['history']['loss'][0]:.6f} -> {rec['final_loss']:.6f}  "
-              f"collapse@{rec['updates_to_collapse']}  test mAP {rec.get('test_mAP', float('nan')):.3f}  "
-              f"({rec['seconds_total']:.0f}s)", flush=True)
+        print(
+            f"{variant:25s} loss {rec['history']['loss'][0]:.6f} -> {rec['final_loss']:.6f}  "
+            f"collapse@{rec['updates_to_collapse']}  test mAP {rec.get('test_mAP', float('nan')):.3f}  "
+            f"({rec['seconds_total']:.0f}s)",
+            flush=True,
+        )
 
     sweep_runs = []
     main_relu = variant_runs.get("relu_scores")
     for lr in cfg["sweep_lrs"]:
         for seed in cfg["seeds"]:
-            if main_relu is not None and lr == cfg["lr"] and seed == cfg["seeds"][0] and cfg["sweep_cap"] <= cfg["steps"]:
+            if (
+                main_relu is not None
+                and lr == cfg["lr"]
+                and seed == cfg["seeds"][0]
+                and cfg["sweep_cap"] <= cfg["steps"]
+            ):
                 rec = dict(main_relu)  # the variant run above is this very run
             else:
-                rec, _, _ = train_run(runner, "relu_scores", lr, seed, train, cfg["sweep_cap"], stop_after_collapse=10)
+                rec, _, _ = train_run(
+                    runner, "relu_scores", lr, seed, train, cfg["sweep_cap"], stop_after_collapse=10
+                )
             keep = ("loss", "grad_norm", "dead_frac/score_relu", "zero_frac/score_relu")
-            sweep_runs.append({**rec, "history": {k: v for k, v in rec["history"].items() if k in keep}})
-            print(f"sweep lr {lr:<6g} seed {seed}: collapse after {rec['updates_to_collapse']} updates "
-                  f"(dead at init {rec['dead_frac_at_init']:.1f})", flush=True)
+            sweep_runs.append(
+                {**rec, "history": {k: v for k, v in rec["history"].items() if k in keep}}
+            )
+            print(
+                f"sweep lr {lr:<6g} seed {seed}: collapse after {rec['updates_to_collapse']} updates "
+                f"(dead at init {rec['dead_frac_at_init']:.1f})",
+                flush=True,
+            )
     med = {}
     for lr in cfg["sweep_lrs"]:
         c = [r["updates_to_collapse"] for r in sweep_runs if r["lr"] == lr]
@@ -560,14 +688,24 @@ def main(argv=None) -> dict:
         checks["relu_collapsed_for_good"] = relu["updates_to_collapse"] is not None
     if "linear_scores" in variant_runs:
         lin = variant_runs["linear_scores"]
-        checks["linear_scores_lower_the_loss"] = lin["mean_loss_last_10"] < min(lin["history"]["loss"][0], LN2) - 0.01
+        checks["linear_scores_lower_the_loss"] = (
+            lin["mean_loss_last_10"] < min(lin["history"]["loss"][0], LN2) - 0.01
+        )
 
     result = {
         "experiment": "gap_dead_relu",
-        "command": "python " + " ".join([os.path.relpath(__file__, os.path.dirname(HERE))]
-                                        + (list(argv) if argv is not None else sys.argv[1:])),
-        "config": {**cfg, "num_classes": info.num_classes, "init": "torch_default",
-                   "loss": "multilabel_soft_margin", "optimizer": "SGD (optax via vggjax.optim.make_optimizer)"},
+        "command": "python "
+        + " ".join(
+            [os.path.relpath(__file__, os.path.dirname(HERE))]
+            + (list(argv) if argv is not None else sys.argv[1:])
+        ),
+        "config": {
+            **cfg,
+            "num_classes": info.num_classes,
+            "init": "torch_default",
+            "loss": "multilabel_soft_margin",
+            "optimizer": "SGD (optax via vggjax.optim.make_optimizer)",
+        },
         "data": {
             "dataset": DATASET,
             "why": "PASCAL VOC 2007 (the seed's data, 20 classes) cannot be downloaded offline",
@@ -592,8 +730,16 @@ def main(argv=None) -> dict:
         plot_sweep(result, os.path.join(args.out, "gap_dead_relu_sweep.png"))
     result["seconds"]["total"] = time.perf_counter() - t0
     dump_json(result, os.path.join(args.out, "result.json"))
-    print(json.dumps({"checks": checks, "median_updates_to_collapse_by_lr": med,
-                      "seconds": result["seconds"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "checks": checks,
+                "median_updates_to_collapse_by_lr": med,
+                "seconds": result["seconds"],
+            },
+            indent=2,
+        )
+    )
     return result
 
 

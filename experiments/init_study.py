@@ -51,21 +51,44 @@ LR, MOMENTUM = 1e-2, 0.1
 # name -> (init spec for both convs, only_conv2, what the seed's line was)
 RUNS: dict[str, tuple[str, bool, str]] = {
     "zeros": ("zeros", False, "nn.init.constant_(m.weight, 0.)"),
-    "zeros_only_conv2": ("zeros", True, "constant_(0.) with conv1, bn1, relu, bn2, relu commented out"),
+    "zeros_only_conv2": (
+        "zeros",
+        True,
+        "constant_(0.) with conv1, bn1, relu, bn2, relu commented out",
+    ),
     "constant5": ("constant(5)", False, "nn.init.constant_(m.weight, 5.)"),
-    "kaiming": ("he_normal(fan_in)", False, 'nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")'),
+    "kaiming": (
+        "he_normal(fan_in)",
+        False,
+        'nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")',
+    ),
 }
 VARIANTS = ("faithful", "corrected")  # faithful = no zero_grad (gradients accumulate)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="10 iterations instead of 40 (used by the tests)")
+    p.add_argument(
+        "--quick", action="store_true", help="10 iterations instead of 40 (used by the tests)"
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=None, help="iterations per run (default 40, or 10 with --quick)")
-    p.add_argument("--image", default=None, help="float32 .npy of shape (1, 3, 224, 224), PyTorch NCHW layout")
-    p.add_argument("--seed", type=int, default=0, help="seed of the default image and of the Kaiming draw")
-    p.add_argument("--torch-check", action="store_true", help="re-run every case in PyTorch from the same weights")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="iterations per run (default 40, or 10 with --quick)",
+    )
+    p.add_argument(
+        "--image", default=None, help="float32 .npy of shape (1, 3, 224, 224), PyTorch NCHW layout"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the default image and of the Kaiming draw"
+    )
+    p.add_argument(
+        "--torch-check",
+        action="store_true",
+        help="re-run every case in PyTorch from the same weights",
+    )
     p.add_argument("--no-plots", action="store_true")
     return p.parse_args(argv)
 
@@ -73,8 +96,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def versions() -> dict:
     import flax
 
-    out = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-           "optax": optax.__version__, "numpy": np.__version__, "backend": jax.default_backend()}
+    out = {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+    }
     if "torch" in sys.modules:
         out["torch"] = sys.modules["torch"].__version__
     return out
@@ -88,7 +117,9 @@ def load_image(path: str | None, seed: int) -> tuple[np.ndarray, str]:
     else:
         nchw = np.load(path)
         if nchw.shape != (1, 3, 224, 224):
-            raise SystemExit(f"--image must hold an array of shape (1, 3, 224, 224) (NCHW); {path} has {nchw.shape}")
+            raise SystemExit(
+                f"--image must hold an array of shape (1, 3, 224, 224) (NCHW); {path} has {nchw.shape}"
+            )
         nchw = nchw.astype(np.float32)
         where = os.path.abspath(path)
     # PyTorch NCHW -> vggjax NHWC (this experiment's only layout conversion).
@@ -97,7 +128,9 @@ def load_image(path: str | None, seed: int) -> tuple[np.ndarray, str]:
 
 def make_tx(faithful: bool) -> optax.GradientTransformation:
     """The seed's ``SGD(lr=1e-2, momentum=0.1)``; ``faithful`` feeds it the running gradient sum."""
-    sgd = optim.make_optimizer({"learning_rate": LR, "momentum": MOMENTUM}, steps_per_epoch=1, total_steps=1)
+    sgd = optim.make_optimizer(
+        {"learning_rate": LR, "momentum": MOMENTUM}, steps_per_epoch=1, total_steps=1
+    )
     return optax.chain(optim.accumulate_gradients(), sgd) if faithful else sgd
 
 
@@ -107,8 +140,11 @@ def _kernels(state) -> dict[str, np.ndarray]:
 
 
 def _accumulated_norm(opt_state) -> float | None:
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optim.AccumulateState))
-             if isinstance(s, optim.AccumulateState)]
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optim.AccumulateState))
+        if isinstance(s, optim.AccumulateState)
+    ]
     return float(optax.tree.norm(found[0].grad_sum)) if found else None
 
 
@@ -123,7 +159,10 @@ def _setup(init: str, only_conv2: bool, variant: str, seed: int):
     if key not in _STEPS:
         tx = make_tx(variant == "faithful")
         graphdef = state_from_model(model, tx)[0]
-        _STEPS[key] = (tx, jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True)))
+        _STEPS[key] = (
+            tx,
+            jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True)),
+        )
     tx, step = _STEPS[key]
     return state_from_model(model, tx)[2], step
 
@@ -135,12 +174,29 @@ def run_case(name: str, variant: str, image: np.ndarray, iterations: int, seed: 
     batch = {"image": jnp.asarray(image), "label": jnp.full(image.shape[:3], LABEL, jnp.int32)}
 
     w0 = _kernels(state)
-    rec: dict[str, list] = {k: [] for k in (
-        "loss", "conv1_mean", "conv1_var", "conv2_mean", "conv2_var", "conv1_max_abs", "conv2_max_abs",
-        "grad_norm", "grad_norm_conv1", "grad_norm_conv2", "grad_norm_bn1", "grad_norm_bn2", "applied_grad_norm")}
+    rec: dict[str, list] = {
+        k: []
+        for k in (
+            "loss",
+            "conv1_mean",
+            "conv1_var",
+            "conv2_mean",
+            "conv2_var",
+            "conv1_max_abs",
+            "conv2_max_abs",
+            "grad_norm",
+            "grad_norm_conv1",
+            "grad_norm_conv2",
+            "grad_norm_bn1",
+            "grad_norm_bn2",
+            "applied_grad_norm",
+        )
+    }
     first_metrics = None
     for _ in range(iterations):
-        w = _kernels(state)  # the weights this iteration's forward uses (the seed logs them there too)
+        w = _kernels(
+            state
+        )  # the weights this iteration's forward uses (the seed logs them there too)
         state, m = step(state, batch)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         first_metrics = first_metrics or m
@@ -167,7 +223,11 @@ def run_case(name: str, variant: str, image: np.ndarray, iterations: int, seed: 
         "final_loss": rec["loss"][-1],
         "loss_drop": rec["loss"][0] - rec["loss"][-1],
         "conv_displacement_l2": displacement,
-        "step0": {k: v for k, v in first_metrics.items() if k.startswith(("grad_norm/", "zero_frac/", "act_std/"))},
+        "step0": {
+            k: v
+            for k, v in first_metrics.items()
+            if k.startswith(("grad_norm/", "zero_frac/", "act_std/"))
+        },
         "initial_kernels": {k: v.tolist() for k, v in w0.items()},
         "_w0": w0,
     }
@@ -187,18 +247,27 @@ def single_conv_gradient_check(image: np.ndarray, seed: int) -> dict:
     measured = -_kernels(new)["conv2"] / LR  # w0 = 0
     x = np.pad(image[0].astype(np.float64), ((1, 1), (1, 1), (0, 0)))
     h, w = image.shape[1:3]
-    s = np.stack([np.stack([x[dy:dy + h, dx:dx + w].sum(axis=(0, 1)) for dx in range(3)]) for dy in range(3)])
+    s = np.stack(
+        [
+            np.stack([x[dy : dy + h, dx : dx + w].sum(axis=(0, 1)) for dx in range(3)])
+            for dy in range(3)
+        ]
+    )
     delta = (np.full(3, 1 / 3) - np.eye(3)[LABEL]) / (h * w)
     predicted = s[..., None] * delta[None, None, None, :]
     # dL/dlogits from the library loss at the zero logits, to show it is not zero.
-    dlogits = jax.grad(lambda z: losses.softmax_cross_entropy(z, batch["label"]))(jnp.zeros(image.shape))
+    dlogits = jax.grad(lambda z: losses.softmax_cross_entropy(z, batch["label"]))(
+        jnp.zeros(image.shape)
+    )
     return {
         "dloss_dlogits_per_pixel": np.asarray(dlogits[0, 0, 0]).tolist(),
         "dloss_dlogits_norm": float(jnp.linalg.norm(dlogits)),
         "conv2_grad_norm_measured": float(np.linalg.norm(measured)),
         "conv2_grad_norm_formula": float(np.linalg.norm(predicted)),
         "formula_max_abs_error": float(np.max(np.abs(measured - predicted))),
-        "formula_max_rel_error": float(np.max(np.abs(measured - predicted)) / np.max(np.abs(predicted))),
+        "formula_max_rel_error": float(
+            np.max(np.abs(measured - predicted)) / np.max(np.abs(predicted))
+        ),
         "image_shifted_sums_S_channel0": s[..., 0].tolist(),
     }
 
@@ -206,8 +275,13 @@ def single_conv_gradient_check(image: np.ndarray, seed: int) -> dict:
 def last_relu_check() -> dict:
     """Gradient that crosses the last ReLU when its input is exactly 0 (as with zero init)."""
     labels = jnp.full((1, 4, 4), LABEL, jnp.int32)
-    g = jax.grad(lambda z: losses.softmax_cross_entropy(jax.nn.relu(z), labels))(jnp.zeros((1, 4, 4, 3)))
-    return {"relu_derivative_at_0": float(jax.grad(jax.nn.relu)(0.0)), "grad_through_relu_at_0_max_abs": float(jnp.max(jnp.abs(g)))}
+    g = jax.grad(lambda z: losses.softmax_cross_entropy(jax.nn.relu(z), labels))(
+        jnp.zeros((1, 4, 4, 3))
+    )
+    return {
+        "relu_derivative_at_0": float(jax.grad(jax.nn.relu)(0.0)),
+        "grad_through_relu_at_0_max_abs": float(jnp.max(jnp.abs(g))),
+    }
 
 
 def torch_check(results: dict, image: np.ndarray, iterations: int) -> dict:
@@ -239,7 +313,9 @@ def torch_check(results: dict, image: np.ndarray, iterations: int) -> dict:
         model = Model(r["only_conv2"]).train()
         with torch.no_grad():
             for layer in ("conv1", "conv2"):  # HWIO -> OIHW
-                getattr(model, layer).weight.copy_(torch.from_numpy(r["_w0"][layer].transpose(3, 2, 0, 1).copy()))
+                getattr(model, layer).weight.copy_(
+                    torch.from_numpy(r["_w0"][layer].transpose(3, 2, 0, 1).copy())
+                )
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
         crit = nn.CrossEntropyLoss()
         curve = []
@@ -251,9 +327,14 @@ def torch_check(results: dict, image: np.ndarray, iterations: int) -> dict:
             curve.append(loss.item())
             opt.step()
         diff = np.abs(np.array(curve) - np.array(r["loss"]))
-        out[key] = {"torch_loss": curve, "max_abs_diff": float(diff.max()),
-                    "allclose_rtol1e-4_atol1e-5": bool(np.allclose(curve, r["loss"], rtol=1e-4, atol=1e-5))}
-    out["all_allclose"] = all(v["allclose_rtol1e-4_atol1e-5"] for v in out.values() if isinstance(v, dict))
+        out[key] = {
+            "torch_loss": curve,
+            "max_abs_diff": float(diff.max()),
+            "allclose_rtol1e-4_atol1e-5": bool(np.allclose(curve, r["loss"], rtol=1e-4, atol=1e-5)),
+        }
+    out["all_allclose"] = all(
+        v["allclose_rtol1e-4_atol1e-5"] for v in out.values() if isinstance(v, dict)
+    )
     out["torch_version"] = torch.__version__
     return out
 
@@ -264,8 +345,13 @@ def plot(results: dict, out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("loss", "loss"), ("conv1_mean", "conv1 mean"), ("conv1_var", "conv1 var"),
-              ("conv2_mean", "conv2 mean"), ("conv2_var", "conv2 var")]
+    panels = [
+        ("loss", "loss"),
+        ("conv1_mean", "conv1 mean"),
+        ("conv1_var", "conv1 var"),
+        ("conv2_mean", "conv2 mean"),
+        ("conv2_var", "conv2 var"),
+    ]
     files = []
     fig_all, axes_all = plt.subplots(5, len(RUNS), figsize=(4.2 * len(RUNS), 11), squeeze=False)
     for col, name in enumerate(RUNS):
@@ -274,8 +360,14 @@ def plot(results: dict, out_dir: str) -> list[str]:
             for ax, (key, title) in zip(ax_set, panels):
                 for variant, style in (("faithful", "-"), ("corrected", "--")):
                     r = results[f"{name}/{variant}"]
-                    label = "faithful (no zero_grad)" if variant == "faithful" else "corrected (zero_grad)"
-                    ax.plot(r[key], style, marker="." if variant == "faithful" else None, label=label)
+                    label = (
+                        "faithful (no zero_grad)"
+                        if variant == "faithful"
+                        else "corrected (zero_grad)"
+                    )
+                    ax.plot(
+                        r[key], style, marker="." if variant == "faithful" else None, label=label
+                    )
                 if key == "loss":
                     ax.axhline(LN3, color="grey", lw=0.8, ls=":", label="ln 3")
                 ax.set_title(f"{name}: {title}" if overview else title, fontsize=9)
@@ -283,7 +375,10 @@ def plot(results: dict, out_dir: str) -> list[str]:
                 ax.grid(alpha=0.3)
             ax_set[0].legend(fontsize=7)
             ax_set[-1].set_xlabel("iteration")
-        fig.suptitle(f"TwoConvBN, init {RUNS[name][0]}{' (only conv2)' if RUNS[name][1] else ''}", fontsize=11)
+        fig.suptitle(
+            f"TwoConvBN, init {RUNS[name][0]}{' (only conv2)' if RUNS[name][1] else ''}",
+            fontsize=11,
+        )
         fig.tight_layout()
         path = os.path.join(out_dir, f"init_{name}.png")
         fig.savefig(path, dpi=90)
@@ -308,7 +403,10 @@ def main(argv=None) -> dict:
         for variant in VARIANTS:
             results[f"{name}/{variant}"] = run_case(name, variant, image, iterations, args.seed)
             r = results[f"{name}/{variant}"]
-            print(f"{name:>17s} {variant:9s} loss {r['loss'][0]:.6f} -> {r['final_loss']:.6f}", flush=True)
+            print(
+                f"{name:>17s} {variant:9s} loss {r['loss'][0]:.6f} -> {r['final_loss']:.6f}",
+                flush=True,
+            )
 
     z = [results[f"zeros/{v}"] for v in VARIANTS]
     zeros_check = {
@@ -319,14 +417,24 @@ def main(argv=None) -> dict:
     }
     only2 = results["zeros_only_conv2/corrected"]
     mechanism = {
-        "two_conv_zero_init_step0_grad_norms": {k: v for k, v in z[1]["step0"].items() if k.startswith("grad_norm/")},
+        "two_conv_zero_init_step0_grad_norms": {
+            k: v for k, v in z[1]["step0"].items() if k.startswith("grad_norm/")
+        },
         "last_relu": last_relu_check(),
         "single_conv": single_conv_gradient_check(image, args.seed),
-        "only_conv2_conv2_max_abs_after_run": {v: results[f"zeros_only_conv2/{v}"]["conv2_max_abs"][-1] for v in VARIANTS},
-        "only_conv2_loss": {v: [results[f"zeros_only_conv2/{v}"]["loss"][i] for i in (0, -1)] for v in VARIANTS},
+        "only_conv2_conv2_max_abs_after_run": {
+            v: results[f"zeros_only_conv2/{v}"]["conv2_max_abs"][-1] for v in VARIANTS
+        },
+        "only_conv2_loss": {
+            v: [results[f"zeros_only_conv2/{v}"]["loss"][i] for i in (0, -1)] for v in VARIANTS
+        },
         "constant5_step0": {
             "loss_minus_ln3": results["constant5/corrected"]["loss"][0] - LN3,
-            "grad_norms": {k: v for k, v in results["constant5/corrected"]["step0"].items() if k.startswith("grad_norm/")},
+            "grad_norms": {
+                k: v
+                for k, v in results["constant5/corrected"]["step0"].items()
+                if k.startswith("grad_norm/")
+            },
         },
     }
     accumulation = {}
@@ -338,33 +446,53 @@ def main(argv=None) -> dict:
             "final_loss_corrected": c["final_loss"],
             "loss_drop_faithful": f["loss_drop"],
             "loss_drop_corrected": c["loss_drop"],
-            "loss_drop_ratio_faithful_over_corrected": (f["loss_drop"] / c["loss_drop"]) if c["loss_drop"] else None,
-            "share_of_faithful_drop_from_accumulation": (1 - c["loss_drop"] / f["loss_drop"]) if f["loss_drop"] else None,
+            "loss_drop_ratio_faithful_over_corrected": (f["loss_drop"] / c["loss_drop"])
+            if c["loss_drop"]
+            else None,
+            "share_of_faithful_drop_from_accumulation": (1 - c["loss_drop"] / f["loss_drop"])
+            if f["loss_drop"]
+            else None,
             "conv_displacement_faithful": f["conv_displacement_l2"],
             "conv_displacement_corrected": c["conv_displacement_l2"],
-            "displacement_ratio": (f["conv_displacement_l2"] / c["conv_displacement_l2"]) if c["conv_displacement_l2"] else None,
-            "applied_over_current_grad_norm_faithful": {"first": ratio[0], "middle": ratio[len(ratio) // 2], "last": ratio[-1]},
+            "displacement_ratio": (f["conv_displacement_l2"] / c["conv_displacement_l2"])
+            if c["conv_displacement_l2"]
+            else None,
+            "applied_over_current_grad_norm_faithful": {
+                "first": ratio[0],
+                "middle": ratio[len(ratio) // 2],
+                "last": ratio[-1],
+            },
         }
 
     result = {
         "experiment": "init_study",
         "claim": "seed 004: zero init keeps a 2-conv BN net at loss ln 3 with both convs exactly 0; one conv alone learns; constant 5 and Kaiming train",
-        "command": " ".join([os.path.relpath(sys.argv[0]) if argv is None else "experiments/init_study.py"] + (sys.argv[1:] if argv is None else list(argv))),
+        "command": " ".join(
+            [os.path.relpath(sys.argv[0]) if argv is None else "experiments/init_study.py"]
+            + (sys.argv[1:] if argv is None else list(argv))
+        ),
         "settings": {
             "model": "vggjax.models.seed_nets.TwoConvBN (conv 3->3 3x3 pad 1 no bias, BN eps 1e-5, ReLU) x 2",
-            "image": image_source, "image_shape_nhwc": list(image.shape), "label": f"every pixel = {LABEL}",
+            "image": image_source,
+            "image_shape_nhwc": list(image.shape),
+            "label": f"every pixel = {LABEL}",
             "loss": "vggjax.losses.softmax_cross_entropy over the 3 channels, mean over pixels",
             "optimizer": f"vggjax.optim.make_optimizer(learning_rate={LR}, momentum={MOMENTUM}) (= torch SGD); faithful: "
-                         "optax.chain(vggjax.optim.accumulate_gradients(), sgd) = no zero_grad",
-            "iterations": iterations, "quick": args.quick, "seed": args.seed,
+            "optax.chain(vggjax.optim.accumulate_gradients(), sgd) = no zero_grad",
+            "iterations": iterations,
+            "quick": args.quick,
+            "seed": args.seed,
             "recorded": "loss and kernel mean/var at each iteration BEFORE its update (as the seed logs them); "
-                        "var is the population variance (torch's .var() is unbiased: multiply by conv_var_unbiased_factor = 81/80)",
+            "var is the population variance (torch's .var() is unbiased: multiply by conv_var_unbiased_factor = 81/80)",
             "data": "no dataset: one random image, as in the seed",
         },
         "zeros_check": zeros_check,
         "mechanism": mechanism,
         "accumulation": accumulation,
-        "runs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
+        "runs": {
+            k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
+            for k, v in results.items()
+        },
         "versions": versions(),
     }
     if args.torch_check:
@@ -375,10 +503,12 @@ def main(argv=None) -> dict:
     result["seconds"] = round(time.time() - t0, 1)
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
-    summary = {"zeros_check": zeros_check,
-               "final_loss": {k: round(v["final_loss"], 6) for k, v in results.items()},
-               "torch_all_allclose": result.get("torch_check", {}).get("all_allclose"),
-               "seconds": result["seconds"]}
+    summary = {
+        "zeros_check": zeros_check,
+        "final_loss": {k: round(v["final_loss"], 6) for k, v in results.items()},
+        "torch_all_allclose": result.get("torch_check", {}).get("all_allclose"),
+        "seconds": result["seconds"],
+    }
     print(json.dumps(summary, indent=1))
     return result
 

@@ -69,16 +69,36 @@ MODES = {"quick": (1 / 8, 16, 96, 32), "default": (1 / 8, 16, 128, 48), "full": 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="96 steps, two_1x1 and two_1x1+he_init only (the tests)")
-    p.add_argument("--full", action="store_true", help="the seed's widths (width 1), batch 32, 2000 steps (GPU)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="96 steps, two_1x1 and two_1x1+he_init only (the tests)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the seed's widths (width 1), batch 32, 2000 steps (GPU)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default per mode)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps per run (default per mode)"
+    )
     p.add_argument("--runs", default=None, help="comma-separated subset of: " + ", ".join(RUNS))
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adam_l2", "adagrad"), help="optimizer of runs that name none")
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=("sgd", "adam", "adam_l2", "adagrad"),
+        help="optimizer of runs that name none",
+    )
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--sgd-lr", type=float, default=1e-2)
     p.add_argument("--adagrad-lr", type=float, default=0.1)
-    p.add_argument("--dropout", type=float, default=0.0, help="drop rate (1 - keep_prob); facenet's default keep_prob is 1.0")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="drop rate (1 - keep_prob); facenet's default keep_prob is 1.0",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
     p.add_argument("--no-plots", action="store_true")
@@ -88,8 +108,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def versions() -> dict:
     import flax
 
-    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "numpy": np.__version__, "backend": jax.default_backend()}
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+    }
 
 
 # ----------------------------------------------------------------------------- data
@@ -123,7 +149,7 @@ def batches(n: int, batch: int, seed: int):
     while True:
         perm = rng.permutation(n)
         for i in range(0, n - batch + 1, batch):
-            yield perm[i:i + batch]
+            yield perm[i : i + batch]
 
 
 # ----------------------------------------------------------------------------- model, optimizer
@@ -132,15 +158,28 @@ def batches(n: int, batch: int, seed: int):
 def build_model(spec: dict, width: float, dropout: float, seed: int) -> OverFeatSlim:
     """OverFeatSlim with the seed's initialisers (head std scaled to keep std·√fan_in) and ``spec``'s changes."""
     std = HEAD_STD / math.sqrt(width)
-    init = {"fc6": f"trunc_normal({std:.6g})", "fc7*": f"trunc_normal({std:.6g})", "fc9": f"trunc_normal({std:.6g})", "*": "xavier_uniform"}
+    init = {
+        "fc6": f"trunc_normal({std:.6g})",
+        "fc7*": f"trunc_normal({std:.6g})",
+        "fc9": f"trunc_normal({std:.6g})",
+        "*": "xavier_uniform",
+    }
     if spec.get("init") == "he":
         init.update({"fc6": "he_normal(fan_in)", "fc7*": "he_normal(fan_in)"})
     bias = {"*": "zeros"} if spec.get("bias") == "zeros" else None  # None: fc6/fc7* 0.1, others 0
     bugs = bool(spec.get("bugs"))
     return OverFeatSlim(
-        len(CLASSES), extra_1x1=spec["extra_1x1"], batch_norm=bool(spec.get("batch_norm")), dropout=dropout,
-        conv12_reads_input=bugs, pool_in_train_only=bugs, dropout_on_logits=bugs,
-        width=width, init=init, bias_init=bias, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+        len(CLASSES),
+        extra_1x1=spec["extra_1x1"],
+        batch_norm=bool(spec.get("batch_norm")),
+        dropout=dropout,
+        conv12_reads_input=bugs,
+        pool_in_train_only=bugs,
+        dropout_on_logits=bugs,
+        width=width,
+        init=init,
+        bias_init=bias,
+        rngs=nnx.Rngs(params=seed, dropout=seed + 1),
     )
 
 
@@ -154,22 +193,34 @@ def make_tx(name: str, lr: float) -> optax.GradientTransformation:
     """
     decay = {"weight_decay": WEIGHT_DECAY, "weight_decay_mask": "no_bias_norm"}
     if name == "sgd":
-        return optim.make_optimizer({"learning_rate": lr, "momentum": 0.9, **decay}, steps_per_epoch=1, total_steps=1)
-    if name == "adagrad":  # tf.train.AdagradOptimizer(lr, initial_accumulator_value=0.1), facenet's default
+        return optim.make_optimizer(
+            {"learning_rate": lr, "momentum": 0.9, **decay}, steps_per_epoch=1, total_steps=1
+        )
+    if (
+        name == "adagrad"
+    ):  # tf.train.AdagradOptimizer(lr, initial_accumulator_value=0.1), facenet's default
         return optax.chain(
-            optax.add_decayed_weights(WEIGHT_DECAY, mask=lambda p: optim.decay_mask(p, "no_bias_norm")),
+            optax.add_decayed_weights(
+                WEIGHT_DECAY, mask=lambda p: optim.decay_mask(p, "no_bias_norm")
+            ),
             optax.scale_by_rss(initial_accumulator_value=0.1),
             optim.make_optimizer({"learning_rate": lr}, steps_per_epoch=1, total_steps=1),
         )
     if name == "adam_l2":
         return optax.chain(
-            optax.add_decayed_weights(WEIGHT_DECAY, mask=lambda p: optim.decay_mask(p, "no_bias_norm")),
+            optax.add_decayed_weights(
+                WEIGHT_DECAY, mask=lambda p: optim.decay_mask(p, "no_bias_norm")
+            ),
             optax.scale_by_adam(),
             optim.make_optimizer({"learning_rate": lr}, steps_per_epoch=1, total_steps=1),
         )
     return optax.chain(
         optax.scale_by_adam(),
-        optim.make_optimizer({"learning_rate": lr, "weight_decay_mode": "decoupled", **decay}, steps_per_epoch=1, total_steps=1),
+        optim.make_optimizer(
+            {"learning_rate": lr, "weight_decay_mode": "decoupled", **decay},
+            steps_per_epoch=1,
+            total_steps=1,
+        ),
     )
 
 
@@ -197,10 +248,18 @@ def make_probe(graphdef):
             per_image = jnp.mean(x, axis=(1, 2))
             mean = jnp.mean(x)
             between = jnp.mean(jnp.std(per_image, axis=0))
-            out[name] = {"mean": mean, "std": jnp.std(x), "between": between, "ratio": between / jnp.abs(mean)}
+            out[name] = {
+                "mean": mean,
+                "std": jnp.std(x),
+                "between": between,
+                "ratio": between / jnp.abs(mean),
+            }
         if logits.ndim == 4:
             logits = jnp.mean(logits, axis=(1, 2))
-        out["logits"] = {"between": jnp.mean(jnp.std(logits, axis=0)), "abs_mean": jnp.mean(jnp.abs(logits))}
+        out["logits"] = {
+            "between": jnp.mean(jnp.std(logits, axis=0)),
+            "abs_mean": jnp.mean(jnp.abs(logits)),
+        }
         return out
 
     return jax.jit(probe)
@@ -213,7 +272,11 @@ def evaluate(eval_graphdef, state, x: np.ndarray, y: np.ndarray) -> dict:
     if logits.ndim == 4:  # the source bug: no pooling at eval; a (N, h, w, 3) map meets (N,) labels
         out["accuracy_per_position"] = float(np.mean(logits.argmax(-1) == y[:, None, None]))
         logits = logits.mean(axis=(1, 2))  # = the pooled logits, fc9 being linear
-    logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) - logits.max(-1, keepdims=True)
+    logp = (
+        logits
+        - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
     out["loss"] = float(-np.mean(logp[np.arange(len(y)), y]))
     out["accuracy"] = float(np.mean(logits.argmax(-1) == y))
     return out
@@ -235,7 +298,9 @@ def plateau_exit(losses: np.ndarray, threshold: float = 0.95 * LN3) -> int | Non
     return int(below[0] + WINDOW - 1) if below.size else None
 
 
-def run_one(name: str, spec: dict, args, data: dict, width: float, batch: int, steps: int, probe_n: int) -> dict:
+def run_one(
+    name: str, spec: dict, args, data: dict, width: float, batch: int, steps: int, probe_n: int
+) -> dict:
     t0 = time.time()
     opt_name = spec.get("optimizer", args.optimizer)
     lr = {"sgd": args.sgd_lr, "adagrad": args.adagrad_lr}.get(opt_name, args.adam_lr)
@@ -244,7 +309,10 @@ def run_one(name: str, spec: dict, args, data: dict, width: float, batch: int, s
     graphdef, eval_graphdef, state = state_from_model(model, tx)
     model.set_attributes(deterministic=True)  # dropout off, BN still on batch statistics
     probe = make_probe(split_model(model)[0])
-    step = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True), donate_argnums=0)
+    step = jax.jit(
+        make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True),
+        donate_argnums=0,
+    )
     xtr, ytr = data["train"]
     probe_x = jnp.asarray(xtr[:probe_n])
     record_every = max(1, steps // 8)
@@ -256,17 +324,28 @@ def run_one(name: str, spec: dict, args, data: dict, width: float, batch: int, s
         state, m = step(state, {"image": jnp.asarray(xtr[idx]), "label": jnp.asarray(ytr[idx])})
         losses.append(m["loss"])
         if i == 0:
-            step0 = {k: float(v) for k, v in jax.device_get(m).items() if k.startswith(("grad_norm/", "zero_frac/relu", "dead_frac/"))}
+            step0 = {
+                k: float(v)
+                for k, v in jax.device_get(m).items()
+                if k.startswith(("grad_norm/", "zero_frac/relu", "dead_frac/"))
+            }
         if (i + 1) % record_every == 0 or i + 1 == steps:
             p = _host(probe(state, probe_x))
-            trace.append({"step": i + 1, "logit_between": p["logits"]["between"],
-                          "last_hidden_ratio": p[_last_hidden(p)]["ratio"]})
+            trace.append(
+                {
+                    "step": i + 1,
+                    "logit_between": p["logits"]["between"],
+                    "last_hidden_ratio": p[_last_hidden(p)]["ratio"],
+                }
+            )
     losses = np.asarray(jax.device_get(losses), np.float64)
     final_probe = _host(probe(state, probe_x))
     test = evaluate(eval_graphdef, state, *data["test"])
     ma = moving_average(losses)
     return {
-        "options": spec, "optimizer": opt_name, "learning_rate": lr,
+        "options": spec,
+        "optimizer": opt_name,
+        "learning_rate": lr,
         "loss": [round(float(v), 6) for v in losses],
         "initial_loss": float(losses[0]),
         "final_loss_ma": float(ma[-1]),
@@ -312,9 +391,17 @@ def plot(result: dict, out_dir: str) -> list[str]:
     runs = result["runs"]
     files = []
     base = [n for n in ("one_1x1", "two_1x1") if n in runs]
-    groups = [("SGD: one vs two 1x1, and the fixes", [n for n in runs if "/" not in n and "source_bugs" not in n]),
-              ("source bugs (faithful) vs corrected, SGD", base[:1] + [n for n in runs if "source_bugs" in n]),
-              ("Adam (decoupled decay = AdamW) and Adam + L2", [n for n in runs if "/" in n])]
+    groups = [
+        (
+            "SGD: one vs two 1x1, and the fixes",
+            [n for n in runs if "/" not in n and "source_bugs" not in n],
+        ),
+        (
+            "source bugs (faithful) vs corrected, SGD",
+            base[:1] + [n for n in runs if "source_bugs" in n],
+        ),
+        ("Adam (decoupled decay = AdamW) and Adam + L2", [n for n in runs if "/" in n]),
+    ]
     groups = [(t, g) for t, g in groups if g]
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.3), squeeze=False)
     for ax, (title, names) in zip(axes[0], groups):
@@ -335,14 +422,29 @@ def plot(result: dict, out_dir: str) -> list[str]:
 
     # Per-layer input dependence at init: between-image std / mean.
     fig, ax = plt.subplots(figsize=(8, 4.3))
-    series = [(f"{n} (width {result['settings']['width']:g})", p) for n, p in result["init_probe"]["run_size"].items()]
-    series += [(f"{n} (run size)", runs[n]["init_probe"]) for n in ("two_1x1+he_init", "two_1x1+batch_norm") if n in runs]
-    series += [(f"{n} (seed size, width 1)", p) for n, p in result["init_probe"].get("seed_size", {}).items()]
+    series = [
+        (f"{n} (width {result['settings']['width']:g})", p)
+        for n, p in result["init_probe"]["run_size"].items()
+    ]
+    series += [
+        (f"{n} (run size)", runs[n]["init_probe"])
+        for n in ("two_1x1+he_init", "two_1x1+batch_norm")
+        if n in runs
+    ]
+    series += [
+        (f"{n} (seed size, width 1)", p)
+        for n, p in result["init_probe"].get("seed_size", {}).items()
+    ]
     longest = max((([k for k in p if k != "logits"]) for _, p in series), key=len)
     for label, p in series:
         names = [k for k in p if k != "logits"]
-        ax.plot([longest.index(k) for k in names], [p[k]["ratio"] for k in names], marker="o", label=label,
-                ls="--" if "seed size" in label else "-")
+        ax.plot(
+            [longest.index(k) for k in names],
+            [p[k]["ratio"] for k in names],
+            marker="o",
+            label=label,
+            ls="--" if "seed size" in label else "-",
+        )
     ax.set_xticks(range(len(longest)))
     ax.set_xticklabels(longest, rotation=45, fontsize=8)
     ax.set_yscale("log")
@@ -388,38 +490,60 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown runs {unknown}; choose from {list(RUNS)}")
     os.makedirs(args.out, exist_ok=True)
 
-    data = {"train": load_digits3("train", args.data_dir), "test": load_digits3("test", args.data_dir)}
-    print(f"data: train {data['train'][0].shape} test {data['test'][0].shape} ({time.time() - t0:.0f}s)", flush=True)
+    data = {
+        "train": load_digits3("train", args.data_dir),
+        "test": load_digits3("test", args.data_dir),
+    }
+    print(
+        f"data: train {data['train'][0].shape} test {data['test'][0].shape} ({time.time() - t0:.0f}s)",
+        flush=True,
+    )
 
     runs = {}
     for name in names:
         runs[name] = r = run_one(name, RUNS[name], args, data, width, batch, steps, probe_n)
-        print(f"{name:>28s}: loss {r['initial_loss']:.4f} -> {r['final_loss_ma']:.4f} (ma{WINDOW}), "
-              f"exit {r['plateau_exit_step']}, test acc {r['test']['accuracy']:.3f}, {r['seconds']}s", flush=True)
+        print(
+            f"{name:>28s}: loss {r['initial_loss']:.4f} -> {r['final_loss_ma']:.4f} (ma{WINDOW}), "
+            f"exit {r['plateau_exit_step']}, test acc {r['test']['accuracy']:.3f}, {r['seconds']}s",
+            flush=True,
+        )
 
     result: dict = {
         "experiment": "overfeat_1x1",
         "claim": "seed 003: adding a second 1x1 conv (fc7_1) to slim-OverFeat's head makes the loss stick near ln 3",
-        "command": " ".join(["experiments/overfeat_1x1.py"] + (sys.argv[1:] if argv is None else list(argv))),
+        "command": " ".join(
+            ["experiments/overfeat_1x1.py"] + (sys.argv[1:] if argv is None else list(argv))
+        ),
         "settings": {
-            "mode": mode, "width": width, "batch_size": batch, "steps": steps, "seed": args.seed,
+            "mode": mode,
+            "width": width,
+            "batch_size": batch,
+            "steps": steps,
+            "seed": args.seed,
             "head_init": f"trunc_normal({HEAD_STD}/sqrt(width)) = {HEAD_STD / math.sqrt(width):.6g} for fc6, fc7*, fc9 "
-                         "(keeps std*sqrt(fan_in), each layer's gain, equal to the seed-size net's); bias 0.1 on fc6/fc7*, 0 elsewhere; "
-                         "other convs xavier_uniform, bias 0",
-            "reduced_size": None if mode == "full" else f"width {width} (channels x{width}) to fit 2 CPU cores; --full for width 1",
-            "optimizer": {"default": args.optimizer, "adam_lr": args.adam_lr, "sgd_lr": args.sgd_lr, "sgd_momentum": 0.9,
-                          "weight_decay": f"{WEIGHT_DECAY} coupled (L2 in the gradient), conv kernels only (slim weights_regularizer)",
-                          "why": "the seed states no optimizer; its inference() wrapper is facenet's, whose train_softmax.py defaults to "
-                                 "Adagrad(lr 0.1, initial accumulator 0.1) with keep_probability 1.0 - with gradients this small "
-                                 "Adagrad is plain SGD at lr ~0.3 (step = lr*g/sqrt(0.1 + sum g^2)). So the main runs use SGD "
-                                 "(momentum 0.9, lr --sgd-lr); '/adam' runs use Adam with decoupled decay (AdamW), "
-                                 "'/adam_l2' Adam with the slim-style coupled L2, to show how much the optimizer matters"},
+            "(keeps std*sqrt(fan_in), each layer's gain, equal to the seed-size net's); bias 0.1 on fc6/fc7*, 0 elsewhere; "
+            "other convs xavier_uniform, bias 0",
+            "reduced_size": None
+            if mode == "full"
+            else f"width {width} (channels x{width}) to fit 2 CPU cores; --full for width 1",
+            "optimizer": {
+                "default": args.optimizer,
+                "adam_lr": args.adam_lr,
+                "sgd_lr": args.sgd_lr,
+                "sgd_momentum": 0.9,
+                "weight_decay": f"{WEIGHT_DECAY} coupled (L2 in the gradient), conv kernels only (slim weights_regularizer)",
+                "why": "the seed states no optimizer; its inference() wrapper is facenet's, whose train_softmax.py defaults to "
+                "Adagrad(lr 0.1, initial accumulator 0.1) with keep_probability 1.0 - with gradients this small "
+                "Adagrad is plain SGD at lr ~0.3 (step = lr*g/sqrt(0.1 + sum g^2)). So the main runs use SGD "
+                "(momentum 0.9, lr --sgd-lr); '/adam' runs use Adam with decoupled decay (AdamW), "
+                "'/adam_l2' Adam with the slim-style coupled L2, to show how much the optimizer matters",
+            },
             "dropout_rate": args.dropout,
             "source_bugs_runs": "conv12_reads_input, pool_in_train_only, dropout_on_logits all True (faithful); other runs corrected. "
-                                "With dropout rate 0 (keep_prob 1.0) dropout_on_logits changes nothing",
+            "With dropout rate 0 (keep_prob 1.0) dropout_on_logits changes nothing",
             "data": "vggjax_digits (scikit-learn's real 8x8 handwritten digits, embedded) classes 0,1,2 via vggjax.data.load"
-                    f"(classes=(0,1,2), image_size=60, channels=3): train {len(data['train'][1])} images "
-                    f"{np.bincount(data['train'][1]).tolist()}, test {len(data['test'][1])}",
+            f"(classes=(0,1,2), image_size=60, channels=3): train {len(data['train'][1])} images "
+            f"{np.bincount(data['train'][1]).tolist()}, test {len(data['test'][1])}",
             "plateau_exit": f"first step whose trailing {WINDOW}-step mean train loss < 0.95 ln 3",
             "probe": f"first {probe_n} training images; 'ratio' = std across images of a layer's per-image mean output / |mean|",
         },

@@ -42,7 +42,11 @@ def last_step(path: str) -> int:
     try:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - 4096))
-            lines = [l for l in f.read().decode(errors="ignore").splitlines() if l.startswith("{") and l.endswith("}")]
+            lines = [
+                l
+                for l in f.read().decode(errors="ignore").splitlines()
+                if l.startswith("{") and l.endswith("}")
+            ]
         return int(json.loads(lines[-1])["step"]) if lines else 0
     except (FileNotFoundError, ValueError, KeyError):
         return 0
@@ -51,16 +55,29 @@ def last_step(path: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--width", type=float, default=0.25, help="model_options.width (the default config's is 0.25)")
+    ap.add_argument(
+        "--width",
+        type=float,
+        default=0.25,
+        help="model_options.width (the default config's is 0.25)",
+    )
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="vggjax-soak-")
-    cmd = [sys.executable, "-m", "vggjax.train", f"--workdir={workdir}", f"--config.num_train_steps={args.steps}",
-           "--config.progress=False"] + ([f"--config.model_options.width={args.width}"] if args.width != 0.25 else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "vggjax.train",
+        f"--workdir={workdir}",
+        f"--config.num_train_steps={args.steps}",
+        "--config.progress=False",
+    ] + ([f"--config.model_options.width={args.width}"] if args.width != 0.25 else [])
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     ps = psutil.Process(proc.pid)
     samples: list[tuple[float, int, float]] = []  # (seconds, step, RSS MiB)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -86,7 +103,9 @@ def main() -> None:
     growth = 100 * (end - baseline) / baseline
     peak_growth = 100 * (peak_after - baseline) / baseline
     # Least-squares slope over the post-warm-up samples, in MiB per 1000 steps.
-    slope = float(np.polyfit(step[after], rss[after], 1)[0] * 1000) if after.sum() > 2 else float("nan")
+    slope = (
+        float(np.polyfit(step[after], rss[after], 1)[0] * 1000) if after.sum() > 2 else float("nan")
+    )
     done = [l for l in output.splitlines() if l.startswith("done:")]
     result = {
         "claim": "after warm-up, the trainer's RSS grows by no more than 5% over a long run",
@@ -103,11 +122,17 @@ def main() -> None:
         "peak_growth_percent": round(peak_growth, 2),
         "slope_mib_per_1000_steps": round(slope, 2),
         "passes_5_percent": bool(growth <= 5.0 and peak_growth <= 5.0),
-        "steps_per_second": round(args.steps / float(t[-1] - t[step > 0][0]), 2) if (step > 0).any() else None,
+        "steps_per_second": round(args.steps / float(t[-1] - t[step > 0][0]), 2)
+        if (step > 0).any()
+        else None,
         "wall_seconds": round(wall, 1),
         "trainer_summary": done[-1].replace(workdir, "WORKDIR") if done else "",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-        "series": {"seconds": [round(x, 1) for x in t], "step": step.tolist(), "rss_mib": [round(x, 1) for x in rss]},
+        "series": {
+            "seconds": [round(x, 1) for x in t],
+            "step": step.tolist(),
+            "rss_mib": [round(x, 1) for x in rss],
+        },
     }
     with open(os.path.join(OUT, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -123,8 +148,11 @@ def main() -> None:
     ax.axvspan(0, warm, color="0.9", label="warm-up")
     ax.axhline(baseline, color="k", ls=":", lw=1, label=f"baseline {baseline:.0f} MiB")
     ax.axhline(baseline * 1.05, color="r", ls="--", lw=1, label="+5%")
-    ax.set(xlabel="training step", ylabel="resident memory (MiB)",
-           title=f"vggjax.train, default config (width {args.width}), {args.steps} steps: RSS {growth:+.1f}% after warm-up")
+    ax.set(
+        xlabel="training step",
+        ylabel="resident memory (MiB)",
+        title=f"vggjax.train, default config (width {args.width}), {args.steps} steps: RSS {growth:+.1f}% after warm-up",
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "soak_rss.png"), dpi=110)

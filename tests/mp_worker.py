@@ -20,14 +20,20 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str) -> Non
 
     parallel.initialize_distributed(coordinator, num_processes, process_id, cpu_collectives="gloo")
     import jax
-
     from train_helpers import run_steps
 
     assert jax.process_count() == num_processes, jax.process_count()
     losses = run_steps("jit", 0).losses
     if process_id == 0:
         with open(out, "w") as f:
-            json.dump({"losses": losses.tolist(), "devices": jax.device_count(), "processes": jax.process_count()}, f)
+            json.dump(
+                {
+                    "losses": losses.tolist(),
+                    "devices": jax.device_count(),
+                    "processes": jax.process_count(),
+                },
+                f,
+            )
     jax.distributed.shutdown()
 
 

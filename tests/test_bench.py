@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from subproc import ROOT, cpu_env
 
 
@@ -13,16 +12,43 @@ from subproc import ROOT, cpu_env
 def test_bench_tiny_run_writes_positive_fields(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [
-        sys.executable, "-m", "vggjax.bench", "--arch", "vgg11_bn", "--width", "0.0625", "--size", "32",
-        "--batch", "4", "--steps", "2", "--peak-size", "512", "--pipeline-seconds", "0.3", "--op-profile", "--out", str(out),
-        "--variant", "no_fold:auto,fold_pooled_linear=False,squares_by_dot=False",
+        sys.executable,
+        "-m",
+        "vggjax.bench",
+        "--arch",
+        "vgg11_bn",
+        "--width",
+        "0.0625",
+        "--size",
+        "32",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--peak-size",
+        "512",
+        "--pipeline-seconds",
+        "0.3",
+        "--op-profile",
+        "--out",
+        str(out),
+        "--variant",
+        "no_fold:auto,fold_pooled_linear=False,squares_by_dot=False",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "img/s" in proc.stdout
     r = json.loads(out.read_text())
     jx = r["jax"]
-    for key in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s", "flops", "bytes_accessed", "peak_rss_mib"):
+    for key in (
+        "trace_lower_s",
+        "compile_s",
+        "first_run_s",
+        "first_step_s",
+        "flops",
+        "bytes_accessed",
+        "peak_rss_mib",
+    ):
         assert jx[key] > 0, key
     for key in ("median_s", "min_s", "max_s", "images_per_s"):
         assert jx["step"][key] > 0, key
@@ -33,7 +59,9 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
         assert warm[key] > 0, key
     assert r["matmul_peak"]["gflops"] > 0
     assert r["utilisation"]["step_gflops"] > 0 and r["utilisation"]["fraction_of_peak"] > 0
-    assert r["input_pipeline"]["images_per_s"] > 0 and r["input_pipeline"]["ratio_to_train_step"] > 0
+    assert (
+        r["input_pipeline"]["images_per_s"] > 0 and r["input_pipeline"]["ratio_to_train_step"] > 0
+    )
     assert r["peak_rss_mib"] > 0
     m = r["machine"]
     assert m["cpu_model"] and m["logical_cores"] > 0 and m["versions"]["jax"]
@@ -96,7 +124,10 @@ def test_host_counters_log_each_call():
     assert all(faults > 0 and system >= 0 for faults, system in samples)
     stats = bench.host_counter_stats(samples)
     assert stats["page_faults_per_step"] == sorted(f for f, _ in samples)[1]
-    assert bench.host_counter_stats([]) == {"page_faults_per_step": 0.0, "system_cpu_s_per_step": 0.0}
+    assert bench.host_counter_stats([]) == {
+        "page_faults_per_step": 0.0,
+        "system_cpu_s_per_step": 0.0,
+    }
 
 
 def test_record_label_marks_plain_and_4k_page_runs():
@@ -115,7 +146,9 @@ def test_parse_variant_reads_a_policy_and_rejects_bad_ones():
     from vggjax import bench, ops
 
     assert bench.parse_variant("old:auto,tapgrad_min_pixels=256, argmax_max_pool=False") == (
-        "old", ops.Policy(tapgrad_min_pixels=256, argmax_max_pool=False))
+        "old",
+        ops.Policy(tapgrad_min_pixels=256, argmax_max_pool=False),
+    )
     assert bench.parse_variant("plain:xla") == ("plain", ops.Policy("xla"))
     bad = {
         "auto,tapgrad_min_pixels=256": "expected NAME:POLICY",  # no name
@@ -137,25 +170,54 @@ def test_model_flops_are_the_plain_steps_whatever_the_policy():
 
     config = bench.bench_config("vgg11_bn", 32, 2, width=0.0625)
     flops = bench.model_flops(config)
-    assert flops == bench.model_flops(bench.bench_config("vgg11_bn", 32, 2, width=0.0625, compute="cpu"))
+    assert flops == bench.model_flops(
+        bench.bench_config("vgg11_bn", 32, 2, width=0.0625, compute="cpu")
+    )
     assert config.compute == "auto"  # not changed by asking
     # ... and it is the plain step's own count (the bench's step, lowered with real arrays).
-    plain, state = bench.build_step(bench.bench_config("vgg11_bn", 32, 2, width=0.0625, compute="xla"))
+    plain, state = bench.build_step(
+        bench.bench_config("vgg11_bn", 32, 2, width=0.0625, compute="xla")
+    )
     assert bench.cost(jax.jit(plain.fn).lower(state, bench.fixed_batch(32, 2)))["flops"] == flops
     auto, state = bench.build_step(config)
-    assert bench.cost(jax.jit(auto.fn).lower(state, bench.fixed_batch(32, 2)))["flops"] != flops  # im2col, fold
+    assert (
+        bench.cost(jax.jit(auto.fn).lower(state, bench.fixed_batch(32, 2)))["flops"] != flops
+    )  # im2col, fold
 
 
 @pytest.mark.slow
 def test_accelerator_suite_runs_its_code_path_on_cpu(tmp_path):
     """``--accelerator`` (benchmarks/gpu.sh) refuses a CPU, and with the test-only --allow-cpu runs
     every JAX contender and records the skipped PyTorch ones (full width only) with the reason."""
-    refused = subprocess.run([sys.executable, "-m", "vggjax.bench", "--accelerator"], cwd=ROOT, env=cpu_env(),
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [sys.executable, "-m", "vggjax.bench", "--accelerator"],
+        cwd=ROOT,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode != 0 and "needs a GPU or TPU" in refused.stderr
     out = tmp_path / "acc.json"
-    cmd = [sys.executable, "-m", "vggjax.bench", "--accelerator", "--allow-cpu", "--arch", "vgg11_bn", "--width",
-           "0.0625", "--size", "32", "--batch", "4", "--steps", "2", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vggjax.bench",
+        "--accelerator",
+        "--allow-cpu",
+        "--arch",
+        "vgg11_bn",
+        "--width",
+        "0.0625",
+        "--size",
+        "32",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -176,7 +238,10 @@ def test_peak_table_knows_the_devices_users_have():
     assert peak_tflops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0
     assert peak_tflops("Tesla V100-SXM2-16GB", "bfloat16") == 125.0
     assert peak_tflops("TPU v4", "bfloat16") == 275.0
-    assert peak_tflops("TPU v5 lite", "bfloat16") == 197.0 and peak_tflops("TPU v5p", "bfloat16") == 459.0
+    assert (
+        peak_tflops("TPU v5 lite", "bfloat16") == 197.0
+        and peak_tflops("TPU v5p", "bfloat16") == 459.0
+    )
     assert peak_tflops("TPU v6 lite", "bfloat16") == 918.0
     assert peak_tflops("cpu", "bfloat16") is None
 
@@ -189,5 +254,10 @@ def test_torch_gpu_step_options_run_on_cpu():
 
     one, info = torch_step_setup("vgg11", 32, 2, compile=False, bf16=True, channels_last=True)
     one()
-    assert info["bf16_autocast"] and info["channels_last"] and info["first_step_s"] > 0 and info["device"] == "cpu"
+    assert (
+        info["bf16_autocast"]
+        and info["channels_last"]
+        and info["first_step_s"] > 0
+        and info["device"] == "cpu"
+    )
     assert torch.get_num_threads() >= 1

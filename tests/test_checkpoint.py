@@ -67,7 +67,11 @@ def step_dirs(d: Path) -> list[str]:
 
 def test_round_trip_state_and_meta(tmp_path):
     state = make_state(step=7)
-    meta = {"data": {"epoch": 1, "index": 64}, "config": {"arch": "tiny", "lr": 0.1}, "fingerprint": "abc"}
+    meta = {
+        "data": {"epoch": 1, "index": 64},
+        "config": {"arch": "tiny", "lr": 0.1},
+        "fingerprint": "abc",
+    }
     with Checkpointer(tmp_path / "w") as ckpt:
         assert ckpt.latest_step() is None
         assert ckpt.save(7, state, meta)
@@ -110,7 +114,9 @@ def test_restore_into_replicated_and_data_sharding(tmp_path):
         with jax.set_mesh(mesh):
             restored, _ = ckpt.restore(jax.eval_shape(lambda: state))
         # A concrete target of ShapeDtypeStructs with explicit shardings works without a mesh context.
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        )
         restored2, _ = ckpt.restore(target, step=1)
         # No mesh at all: the abstract shardings are dropped and the saved ones are used.
         restored3, _ = ckpt.restore(jax.eval_shape(lambda: state))
@@ -153,7 +159,9 @@ def test_damaged_latest_step_falls_back_with_warning(tmp_path, caplog):
         ckpt.save(1, good, {"at": 1})
         ckpt.save(2, newer, {"at": 2})
     # Step 2 is committed but its array files got truncated (e.g. the disk filled up) ...
-    data_files = [p for p in (tmp_path / "2" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    data_files = [
+        p for p in (tmp_path / "2" / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+    ]
     assert data_files
     for p in data_files:
         os.truncate(p, 3)
@@ -202,7 +210,9 @@ def test_nonfinite_state_is_refused_and_nothing_written(tmp_path):
     assert nonfinite_paths(state) == []
     assert "params.fc.bias" in nonfinite_paths(bad)
     with Checkpointer(tmp_path) as ckpt:
-        with pytest.raises(CheckpointError, match=r"refusing to save step 1: non-finite values in params\."):
+        with pytest.raises(
+            CheckpointError, match=r"refusing to save step 1: non-finite values in params\."
+        ):
             ckpt.save(1, bad)
         ckpt.wait()
         assert ckpt.latest_step() is None

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 from flax import nnx
+from jax import lax
 
 from vggjax import layers, ops
 from vggjax.ops import cpu, xla
@@ -16,7 +16,9 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _ref_conv(x, k, pads):
-    return lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=NHWC, precision=lax.Precision.HIGHEST)
+    return lax.conv_general_dilated(
+        x, k, (1, 1), pads, dimension_numbers=NHWC, precision=lax.Precision.HIGHEST
+    )
 
 
 def _loss(f):
@@ -69,7 +71,8 @@ def test_choose_gives_vgg16s_per_layer_formulations():
 
     p = ((1, 1), (1, 1))
     pick = lambda size, batch: [  # noqa: E731
-        cpu.choose(P, (h, w), (3, 3), p, c, o, n) for n, h, w, c, o in (s["shape"] for s in bench.conv_layer_shapes("vgg16_bn", size, batch))
+        cpu.choose(P, (h, w), (3, 3), p, c, o, n)
+        for n, h, w, c, o in (s["shape"] for s in bench.conv_layer_shapes("vgg16_bn", size, batch))
     ]
     assert pick(32, 64) == ["im2col", "rows"] + ["tapgrad"] * 5 + ["im2col"] * 6
     assert pick(112, 8) == ["im2col", "rows"] + ["tapgrad"] * 5 + ["im2col"] * 6
@@ -79,7 +82,10 @@ def test_row_im2col_is_chosen_for_narrow_layers_on_large_maps():
     assert cpu.use_row_im2col(P, (3, 3), 64) and not cpu.use_row_im2col(P, (3, 3), 128)
     assert not cpu.use_row_im2col(P, (1, 1), 64)
     f = lambda x, k: ops.Conv(CPU)(x, k, (1, 1), "SAME", dimension_numbers=NHWC)  # noqa: E731
-    x, k = jnp.ones((64, 32, 32, 64)), jnp.ones((3, 3, 64, 64))  # VGG-16's conv1_2 at 32x32, batch 64
+    x, k = (
+        jnp.ones((64, 32, 32, 64)),
+        jnp.ones((3, 3, 64, 64)),
+    )  # VGG-16's conv1_2 at 32x32, batch 64
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
     assert "dot_general" in prims and "conv_general_dilated" not in prims
 
@@ -102,7 +108,10 @@ def test_dispatch_is_static_and_only_for_small_maps():
     f = lambda x, k: ops.Conv(CPU)(x, k, (1, 1), p, dimension_numbers=NHWC)  # noqa: E731
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, k).eqns}
     assert "dot_general" in prims and "conv_general_dilated" not in prims
-    big, k16 = jnp.ones((128, 6, 6, 16)), jnp.ones((3, 3, 16, 128))  # 4608 matmul rows, 36 pixels, 128 outputs
+    big, k16 = (
+        jnp.ones((128, 6, 6, 16)),
+        jnp.ones((3, 3, 16, 128)),
+    )  # 4608 matmul rows, 36 pixels, 128 outputs
     prims = {e.primitive.name for e in jax.make_jaxpr(f)(big, k16).eqns}
     assert "conv_general_dilated" in prims
 
@@ -143,7 +152,17 @@ def test_nnx_conv_layer_same_params_and_values_as_plain_nnx_conv(compute):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("hw, batch, folds", [((1, 1), 4, True), ((1, 2), 4, True), ((3, 3), 64, True), ((3, 3), 4, False), ((7, 7), 4, False), ((9, 9), 4, False)])
+@pytest.mark.parametrize(
+    "hw, batch, folds",
+    [
+        ((1, 1), 4, True),
+        ((1, 2), 4, True),
+        ((3, 3), 64, True),
+        ((3, 3), 4, False),
+        ((7, 7), 4, False),
+        ((9, 9), 4, False),
+    ],
+)
 def test_pooled_linear_matches_pool_then_matmul(hw, batch, folds):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((batch, *hw, 3)), jnp.float32)
@@ -152,7 +171,10 @@ def test_pooled_linear_matches_pool_then_matmul(hw, batch, folds):
     hi = lax.Precision.HIGHEST
 
     def ref(x, kern):
-        return jnp.matmul(layers.adaptive_avg_pool(x, 7).reshape(x.shape[0], -1), kern, precision=hi) + b
+        return (
+            jnp.matmul(layers.adaptive_avg_pool(x, 7).reshape(x.shape[0], -1), kern, precision=hi)
+            + b
+        )
 
     def ours(x, kern):
         return ops.pooled_linear(x, 7, kern, b, precision=hi, policy=CPU)

@@ -9,13 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from subproc import ROOT, cpu_env
 
 import vggjax
 from vggjax import convert
 from vggjax.checkpoint import restore_params_from
 from vggjax.errors import CheckpointError, VggjaxError
-
-from subproc import ROOT, cpu_env
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -47,7 +46,11 @@ def torch_outputs(model, x_nchw: np.ndarray) -> dict[str, np.ndarray]:
     outs, hooks = {}, []
     for name, mod in model.named_modules():
         if name and not list(mod.children()):
-            hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: outs.__setitem__(name, o.detach().clone())))
+            hooks.append(
+                mod.register_forward_hook(
+                    lambda m, i, o, name=name: outs.__setitem__(name, o.detach().clone())
+                )
+            )
     with torch.no_grad():
         outs["logits"] = model(torch.from_numpy(x_nchw))
     for h in hooks:
@@ -80,7 +83,11 @@ def test_torchvision_parity_logits_taps_and_exact_round_trip(arch):
         for tap, module in names.items():
             assert tap in feats, tap
             assert feats[tap].shape == nhwc(ref[module]).shape, (tap, module)
-            assert rel_diff(feats[tap], nhwc(ref[module])) <= 1e-4, (hw, tap, rel_diff(feats[tap], nhwc(ref[module])))
+            assert rel_diff(feats[tap], nhwc(ref[module])) <= 1e-4, (
+                hw,
+                tap,
+                rel_diff(feats[tap], nhwc(ref[module])),
+            )
             checked += 1
         assert checked == len(tm.features) + 1 + len(tm.classifier)  # every torchvision module
     # vggjax -> torchvision is the exact inverse; a fresh torchvision model accepts it.
@@ -99,7 +106,11 @@ def tiny_source(num_classes: int = 5, seed: int = 3, arch: str = "vgg11"):
     m = vggjax.build(arch, num_classes=num_classes, width=TINY, head="fc", rngs=seed)
     # BatchNorm statistics that are not the 0/1 defaults.
     for path, var in nnx.to_flat_state(nnx.state(m, nnx.BatchStat)):
-        var.set_value(jax.random.uniform(jax.random.key(len(path)), var.get_value().shape, minval=0.5, maxval=1.5))
+        var.set_value(
+            jax.random.uniform(
+                jax.random.key(len(path)), var.get_value().shape, minval=0.5, maxval=1.5
+            )
+        )
     m.eval()
     return m, convert.to_torchvision(m)
 
@@ -123,19 +134,41 @@ def test_width_reduced_round_trip_and_formats(tmp_path):
 def test_fc_to_fc_conv_port(tmp_path):
     src, sd = tiny_source(num_classes=7)
     dense = convert.to_fc_conv(src)
-    assert isinstance(dense.head, vggjax.ConvHead) and dense.head.fc6.kernel.get_value().shape == (7, 7, 32, 256)
+    assert isinstance(dense.head, vggjax.ConvHead) and dense.head.fc6.kernel.get_value().shape == (
+        7,
+        7,
+        32,
+        256,
+    )
     x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
     a, b = np.asarray(src(x)), np.asarray(dense(x))
     assert rel_diff(b, a) <= 1e-4, rel_diff(b, a)
     big = jax.random.normal(jax.random.key(2), (1, 288, 320, 3))
     score = convert.to_fc_conv(src, return_map=True)(big)
     assert score.shape == (1, 3, 4, 7)  # (288/32-6, 320/32-6) positions of the 7x7 window
-    np.testing.assert_allclose(np.asarray(dense(big)), np.asarray(score).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(dense(big)), np.asarray(score).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6
+    )
     assert np.asarray(score).std(axis=(1, 2)).min() > 0  # distinct windows, distinct scores
     # The same port through the CLI, read back with convert.load.
     torch.save(sd, tmp_path / "w.pth")
-    assert convert.main(["--from", "torchvision", "--arch", "vgg11", "--input", str(tmp_path / "w.pth"),
-                         "--output", str(tmp_path / "dense"), "--head", "fc_conv"]) == 0
+    assert (
+        convert.main(
+            [
+                "--from",
+                "torchvision",
+                "--arch",
+                "vgg11",
+                "--input",
+                str(tmp_path / "w.pth"),
+                "--output",
+                str(tmp_path / "dense"),
+                "--head",
+                "fc_conv",
+            ]
+        )
+        == 0
+    )
     loaded = convert.load(tmp_path / "dense")
     assert loaded.head_name == "fc_conv"
     np.testing.assert_array_equal(np.asarray(loaded(big)), np.asarray(dense(big)))
@@ -150,19 +183,28 @@ def test_init_from_reads_fc_weights_into_an_fc_conv_head_and_back(tmp_path, capl
     convert.save(dense, tmp_path / "fc_conv")
     x = jax.random.normal(jax.random.key(1), (2, 224, 224, 3))
     fc6_fc, fc6_conv = "(1568, 256)", "(7, 7, 32, 256)"
-    for saved, head, want, reshape in (("fc", "fc_conv", dense(x), f"{fc6_fc} -> model {fc6_conv}"),
-                                       ("fc_conv", "fc", src(x), f"{fc6_conv} -> model {fc6_fc}")):
+    for saved, head, want, reshape in (
+        ("fc", "fc_conv", dense(x), f"{fc6_fc} -> model {fc6_conv}"),
+        ("fc_conv", "fc", src(x), f"{fc6_conv} -> model {fc6_fc}"),
+    ):
         fresh = vggjax.build("vgg11_bn", num_classes=7, width=TINY, head=head, rngs=9)
         _, params, frozen, batch_stats, _ = train.split_model(fresh)
         if head == "fc":  # the trainer's mesh-jit state: replicated over the 8 devices
-            replicated = jax.sharding.NamedSharding(jax.make_mesh((8,), ("data",)), jax.sharding.PartitionSpec())
+            replicated = jax.sharding.NamedSharding(
+                jax.make_mesh((8,), ("data",)), jax.sharding.PartitionSpec()
+            )
             params, batch_stats = jax.device_put((params, batch_stats), replicated)
         with caplog.at_level("INFO", logger="vggjax.checkpoint"):
-            loaded, skipped = restore_params_from(tmp_path / saved, {"params": params, "frozen": frozen, "batch_stats": batch_stats})
+            loaded, skipped = restore_params_from(
+                tmp_path / saved, {"params": params, "frozen": frozen, "batch_stats": batch_stats}
+            )
         assert skipped == []  # fc6 / fc7 / fc8 kernels reshaped, nothing left at its fresh init
         assert f"head.fc6.kernel: checkpoint {reshape}" in caplog.text
         kernel = loaded["params"]["head"]["fc6"]["kernel"]
-        assert kernel.shape == params["head"]["fc6"]["kernel"].shape and kernel.sharding == params["head"]["fc6"]["kernel"].sharding
+        assert (
+            kernel.shape == params["head"]["fc6"]["kernel"].shape
+            and kernel.sharding == params["head"]["fc6"]["kernel"].sharding
+        )
         nnx.update(fresh, loaded["params"], loaded["batch_stats"])
         fresh.eval()
         assert rel_diff(fresh(x), want) <= 1e-5, (saved, rel_diff(fresh(x), want))
@@ -189,7 +231,9 @@ def test_file_for_another_architecture_names_key_and_shapes():
     bad = dict(sd, **{"features.3.weight": torch.zeros(9, 4, 3, 3)})
     msg = one_line_error(convert.from_torchvision, bad, "vgg11")
     assert "features.3.weight has shape (9, 4, 3, 3) in the file but (8, 4, 3, 3) in vgg11" in msg
-    msg = one_line_error(convert.from_torchvision, dict(sd, **{"features.99.weight": torch.zeros(2)}), "vgg11")
+    msg = one_line_error(
+        convert.from_torchvision, dict(sd, **{"features.99.weight": torch.zeros(2)}), "vgg11"
+    )
     assert "unknown key features.99.weight with shape (2,)" in msg
     missing = {k: v for k, v in sd.items() if k != "classifier.3.bias"}
     msg = one_line_error(convert.from_torchvision, missing, "vgg11")
@@ -212,9 +256,24 @@ def test_pickles_that_are_not_plain_state_dicts_are_refused(tmp_path):
         convert.from_keras(tmp_path / "junk.pth")
     # The CLI prints one line and no traceback, exit status 2, and writes nothing.
     r = subprocess.run(
-        [sys.executable, "-m", "vggjax.convert", "--from", "torchvision", "--arch", "vgg11",
-         "--input", str(tmp_path / "module.pth"), "--output", str(tmp_path / "out")],
-        env=cpu_env(), cwd=ROOT, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "vggjax.convert",
+            "--from",
+            "torchvision",
+            "--arch",
+            "vgg11",
+            "--input",
+            str(tmp_path / "module.pth"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        env=cpu_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
@@ -231,16 +290,48 @@ def test_finetune_converted_checkpoint_with_new_classes(tmp_path):
     src, sd = tiny_source(num_classes=5)
     torch.save(sd, tmp_path / "w.pth")
     out = tmp_path / "converted"
-    assert convert.main(["--from", "torchvision", "--arch", "vgg11", "--input", str(tmp_path / "w.pth"), "--output", str(out)]) == 0
+    assert (
+        convert.main(
+            [
+                "--from",
+                "torchvision",
+                "--arch",
+                "vgg11",
+                "--input",
+                str(tmp_path / "w.pth"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     frozen = ("features/*", "head/fc6/*", "head/fc7/*")
     r = subprocess.run(
-        [sys.executable, "-m", "vggjax.train", "--config=vggjax/configs/finetune.py", f"--workdir={tmp_path / 'run'}",
-         f"--config.init_from={out}", "--config.model=vgg11", f"--config.model_options.width={TINY}",
-         "--config.model_options.head_options.hidden=256", "--config.dataset=vggjax_digits", "--config.image_size=32",
-         "--config.normalize=default", "--config.batch_size=16", "--config.num_train_steps=2",
-         "--config.optim.schedule=constant", "--config.progress=False", "--config.compilation_cache=",
-         f"--config.freeze={frozen!r}"],
-        env=cpu_env(), cwd=ROOT, capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "vggjax.train",
+            "--config=vggjax/configs/finetune.py",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.init_from={out}",
+            "--config.model=vgg11",
+            f"--config.model_options.width={TINY}",
+            "--config.model_options.head_options.hidden=256",
+            "--config.dataset=vggjax_digits",
+            "--config.image_size=32",
+            "--config.normalize=default",
+            "--config.batch_size=16",
+            "--config.num_train_steps=2",
+            "--config.optim.schedule=constant",
+            "--config.progress=False",
+            "--config.compilation_cache=",
+            f"--config.freeze={frozen!r}",
+        ],
+        env=cpu_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     # Only the last layer (5 -> 10 classes) starts fresh.
@@ -255,5 +346,10 @@ def test_finetune_converted_checkpoint_with_new_classes(tmp_path):
     nnx.update(model, got["frozen"], got["params"])
     assert model.head.fc8.kernel.get_value().shape == (256, 10)
     for name in ("conv1_1", "conv4_2"):
-        np.testing.assert_array_equal(getattr(model.features, name).kernel.get_value(), getattr(src.features, name).kernel.get_value())
-    np.testing.assert_array_equal(model.head.fc6.kernel.get_value(), src.head.fc6.kernel.get_value())
+        np.testing.assert_array_equal(
+            getattr(model.features, name).kernel.get_value(),
+            getattr(src.features, name).kernel.get_value(),
+        )
+    np.testing.assert_array_equal(
+        model.head.fc6.kernel.get_value(), src.head.fc6.kernel.get_value()
+    )

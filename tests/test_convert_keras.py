@@ -12,11 +12,10 @@ import sys
 import numpy as np
 import pytest
 from flax import nnx
+from subproc import ROOT, cpu_env
 
 from vggjax import convert
 from vggjax.errors import CheckpointError
-
-from subproc import ROOT, cpu_env
 
 pytest.importorskip("h5py")
 
@@ -59,7 +58,14 @@ def rel_diff(a, b) -> float:
 @pytest.mark.slow
 def test_keras_vgg16_and_vgg19_parity(tmp_path):
     pytest.importorskip("keras")
-    r = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path)], env=cpu_env(KERAS_BACKEND="jax"), cwd=ROOT, capture_output=True, text=True, timeout=500)
+    r = subprocess.run(
+        [sys.executable, "-c", WORKER, str(tmp_path)],
+        env=cpu_env(KERAS_BACKEND="jax"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ref = np.load(tmp_path / "ref.npz")
     assert rel_diff(ref["in_memory"], ref["logits"]) <= 1e-4
@@ -77,9 +83,27 @@ def test_keras_vgg16_and_vgg19_parity(tmp_path):
     with pytest.raises(CheckpointError) as e:
         convert.from_keras(tmp_path / "vgg19_notop.keras", "vgg16")
     msg = str(e.value)
-    assert "conv2d_7 kernel has shape (3, 3, 256, 256)" in msg and "conv4_1 needs (3, 3, 256, 512)" in msg and "use --arch vgg19" in msg
+    assert (
+        "conv2d_7 kernel has shape (3, 3, 256, 256)" in msg
+        and "conv4_1 needs (3, 3, 256, 512)" in msg
+        and "use --arch vgg19" in msg
+    )
     # The CLI writes a backbone-only checkpoint that convert.load reads back.
-    assert convert.main(["--from", "keras", "--arch", "vgg19", "--input", str(tmp_path / "vgg19_notop.keras"), "--output", str(tmp_path / "out")]) == 0
+    assert (
+        convert.main(
+            [
+                "--from",
+                "keras",
+                "--arch",
+                "vgg19",
+                "--input",
+                str(tmp_path / "vgg19_notop.keras"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     loaded = convert.load(tmp_path / "out")
     again = features_of(loaded, ref["xs"])
     np.testing.assert_array_equal(np.asarray(again["pool5"]), np.asarray(feats["pool5"]))

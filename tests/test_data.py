@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vggjax.data import Augment, get_datasets, get_info, load
-from vggjax.data import digits
+from vggjax.data import Augment, digits, get_datasets, get_info, load
 from vggjax.errors import ConfigError, DataError
 
 
@@ -42,7 +41,10 @@ def test_digits_build_offline_with_fixed_splits(data_dir):
     assert sizes["vggjax_digits_multilabel"] == {"train": 6000, "test": 1500}
 
     builder = tfds.builder("vggjax_digits", data_dir=data_dir)
-    ids = {s: {int(ex["id"]) for ex in tfds.as_numpy(builder.as_dataset(split=s))} for s in ("train", "test")}
+    ids = {
+        s: {int(ex["id"]) for ex in tfds.as_numpy(builder.as_dataset(split=s))}
+        for s in ("train", "test")
+    }
     assert not ids["train"] & ids["test"] and len(ids["train"] | ids["test"]) == 1797
     images, labels = digits.load_digits_uint8()
     test_counts = np.bincount(labels[sorted(ids["test"])], minlength=10)
@@ -84,7 +86,10 @@ def test_same_seed_same_batches_and_other_seed_differs(data_dir):
 def test_start_step_resumes_exactly(data_dir, start_step):
     # 1438 train examples / 256 = 5.6 batches per epoch, so batch 5 straddles two epochs.
     fresh = _take(_load(data_dir, train=True, seed=3, global_batch_size=256)[0], 8)
-    resumed = _take(_load(data_dir, train=True, seed=3, global_batch_size=256, start_step=start_step)[0], 8 - start_step)
+    resumed = _take(
+        _load(data_dir, train=True, seed=3, global_batch_size=256, start_step=start_step)[0],
+        8 - start_step,
+    )
     for x, y in zip(fresh[start_step:], resumed):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
@@ -101,7 +106,10 @@ def test_eval_padding_and_mask(data_dir):
 
 def _image_keys(batches):
     return collections.Counter(
-        (img.tobytes(), int(lab)) for b in batches for img, lab, m in zip(b["image"], b["label"], b["mask"]) if m
+        (img.tobytes(), int(lab))
+        for b in batches
+        for img, lab, m in zip(b["image"], b["label"], b["mask"])
+        if m
     )
 
 
@@ -114,8 +122,12 @@ def test_process_shards_are_disjoint_and_cover_the_split(data_dir):
     assert _image_keys(shards[0]) + _image_keys(shards[1]) == whole
     assert sum(whole.values()) == 359
 
-    train = [next(_load(data_dir, train=True, process_index=p, process_count=2)[0]) for p in range(2)]
-    assert train[0]["image"].shape[0] == 32 and not np.array_equal(train[0]["image"], train[1]["image"])
+    train = [
+        next(_load(data_dir, train=True, process_index=p, process_count=2)[0]) for p in range(2)
+    ]
+    assert train[0]["image"].shape[0] == 32 and not np.array_equal(
+        train[0]["image"], train[1]["image"]
+    )
     with pytest.raises(ConfigError, match="multiple"):
         _load(data_dir, train=True, global_batch_size=63, process_count=2)
 
@@ -138,7 +150,9 @@ def test_multilabel_tiles_match_their_labels(data_dir):
     builder = tfds.builder("vggjax_digits_multilabel", data_dir=data_dir)
     train_idx, test_idx = digits.stratified_split(labels)
     for split, pool in (("train", train_idx), ("test", test_idx)):
-        ids = np.concatenate([ex["ids"] for ex in tfds.as_numpy(builder.as_dataset(split=split).take(300))])
+        ids = np.concatenate(
+            [ex["ids"] for ex in tfds.as_numpy(builder.as_dataset(split=split).take(300))]
+        )
         assert np.isin(ids[ids >= 0], pool).all()  # Test images never reuse a train digit.
 
     it, info = _load(data_dir, "vggjax_digits_multilabel", train=True)
@@ -151,16 +165,31 @@ def test_multilabel_tiles_match_their_labels(data_dir):
 
 @pytest.mark.parametrize(
     "name, size, label_shape, multilabel",
-    [("cifar10", 32, (4,), False), ("voc/2007", 48, (4, 20), True), ("imagenette", 48, (4,), False)],
+    [
+        ("cifar10", 32, (4,), False),
+        ("voc/2007", 48, (4, 20), True),
+        ("imagenette", 48, (4,), False),
+    ],
 )
 def test_tfds_datasets_with_mock_data(name, size, label_shape, multilabel):
     with tfds.testing.mock_data(num_examples=6):
-        it, info = load(name, global_batch_size=4, train=True, image_size=size, process_index=0, process_count=1)
+        it, info = load(
+            name, global_batch_size=4, train=True, image_size=size, process_index=0, process_count=1
+        )
         batch = next(it)
         assert batch["image"].shape == (4, size, size, 3) and batch["image"].dtype == np.float32
         assert batch["label"].shape == label_shape and info.multilabel == multilabel
         assert np.isfinite(batch["image"]).all()
-        evals = list(load(name, global_batch_size=4, train=False, image_size=size, process_index=0, process_count=1)[0])
+        evals = list(
+            load(
+                name,
+                global_batch_size=4,
+                train=False,
+                image_size=size,
+                process_index=0,
+                process_count=1,
+            )[0]
+        )
         assert sum(b["mask"].sum() for b in evals) == 6 and evals[-1]["label"].shape == label_shape
     if multilabel:
         assert set(np.unique(batch["label"])) <= {0.0, 1.0} and info.num_classes == 20
@@ -168,10 +197,24 @@ def test_tfds_datasets_with_mock_data(name, size, label_shape, multilabel):
 
 def test_bad_names_and_unprepared_datasets_say_what_to_do(tmp_path):
     with pytest.raises(DataError, match="tfds.list_builders") as e:
-        load("no_such_dataset", global_batch_size=4, train=True, data_dir=str(tmp_path), process_index=0, process_count=1)
+        load(
+            "no_such_dataset",
+            global_batch_size=4,
+            train=True,
+            data_dir=str(tmp_path),
+            process_index=0,
+            process_count=1,
+        )
     assert "vggjax_digits" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(DataError) as e:
-        load("cifar10", global_batch_size=4, train=True, data_dir=str(tmp_path), process_index=0, process_count=1)
+        load(
+            "cifar10",
+            global_batch_size=4,
+            train=True,
+            data_dir=str(tmp_path),
+            process_index=0,
+            process_count=1,
+        )
     assert f"tfds build cifar10 --data_dir {tmp_path}" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(DataError, match="downloads/manual"):
         get_info("imagenet2012", str(tmp_path))
@@ -211,15 +254,29 @@ def test_classes_subset_is_the_filtered_stream_relabelled(data_dir):
     np.testing.assert_array_equal(images, all_images[keep])
     np.testing.assert_array_equal(labels, np.where(all_labels[keep] == 8, 0, 1))
     assert labels.dtype == np.int32 and not batches[-1]["mask"][72 - 64 :].any()
-    assert (info.num_classes, info.class_names, info.classes, info.multilabel) == (2, ("8", "3"), (8, 3), False)
+    assert (info.num_classes, info.class_names, info.classes, info.multilabel) == (
+        2,
+        ("8", "3"),
+        (8, 3),
+        False,
+    )
     assert (info.num_train_examples, info.num_test_examples) == (285, 72)
 
     # The same examples as the prebuilt 3-vs-8 dataset (same split; 3 -> 0, 8 -> 1).
-    assert _image_keys(_load(data_dir, classes=(3, 8), **kw)[0]) == _image_keys(_load(data_dir, "vggjax_digits2", **kw)[0])
-    ours, ref = get_info("vggjax_digits", data_dir, classes=["3", "8"]), get_info("vggjax_digits2", data_dir)  # Names work too.
-    assert (ours.num_classes, ours.class_names, ours.num_train_examples, ours.num_test_examples, ours.classes) == (
-        ref.num_classes, ref.class_names, ref.num_train_examples, ref.num_test_examples, (3, 8)
+    assert _image_keys(_load(data_dir, classes=(3, 8), **kw)[0]) == _image_keys(
+        _load(data_dir, "vggjax_digits2", **kw)[0]
     )
+    ours, ref = (
+        get_info("vggjax_digits", data_dir, classes=["3", "8"]),
+        get_info("vggjax_digits2", data_dir),
+    )  # Names work too.
+    assert (
+        ours.num_classes,
+        ours.class_names,
+        ours.num_train_examples,
+        ours.num_test_examples,
+        ours.classes,
+    ) == (ref.num_classes, ref.class_names, ref.num_train_examples, ref.num_test_examples, (3, 8))
     assert get_info("vggjax_digits", data_dir).classes is None
 
 
@@ -229,7 +286,9 @@ def test_classes_subset_counts_are_read_once_per_split(data_dir, monkeypatch):
     first = get_info("vggjax_digits", data_dir, classes=(1, 7))
     opened = []
     monkeypatch.setattr(pipeline, "_open", lambda *args, **kw: opened.append(args[2]))
-    again = get_info("vggjax_digits", data_dir, classes=(0, 4, 1))  # Other classes, same label histograms.
+    again = get_info(
+        "vggjax_digits", data_dir, classes=(0, 4, 1)
+    )  # Other classes, same label histograms.
     assert not opened  # Served from the in-process cache: no split was read again.
     _, labels = digits.load_digits_uint8()
     expected = np.bincount(labels, minlength=10)
@@ -237,7 +296,9 @@ def test_classes_subset_counts_are_read_once_per_split(data_dir, monkeypatch):
     assert again.num_train_examples + again.num_test_examples == expected[[0, 4, 1]].sum()
 
 
-@pytest.mark.parametrize("start_step", [4, 5])  # 285 kept / 64 = 4.45 batches an epoch: 4 straddles, 5 is past.
+@pytest.mark.parametrize(
+    "start_step", [4, 5]
+)  # 285 kept / 64 = 4.45 batches an epoch: 4 straddles, 5 is past.
 def test_classes_subset_trains_on_kept_classes_and_resumes_exactly(data_dir, start_step):
     kw = dict(train=True, seed=5, classes=(3, 8), image_size=8)
     fresh = _take(_load(data_dir, **kw)[0], 7)
@@ -250,16 +311,23 @@ def test_classes_subset_trains_on_kept_classes_and_resumes_exactly(data_dir, sta
     # One epoch (the first 285 examples) holds each kept train example exactly once.
     ref = _load(data_dir, "vggjax_digits2", train=False, global_batch_size=285, split="train")[0]
     ref_labels = np.concatenate([b["label"][b["mask"]] for b in ref])
-    np.testing.assert_array_equal(np.bincount(labels[:285], minlength=2), np.bincount(ref_labels, minlength=2))
+    np.testing.assert_array_equal(
+        np.bincount(labels[:285], minlength=2), np.bincount(ref_labels, minlength=2)
+    )
 
 
 def test_classes_subset_eval_shards_cover_the_kept_examples_once(data_dir):
     kw = dict(train=False, normalize="none", image_size=8, global_batch_size=32, classes=(3, 8))
     whole = _image_keys(_load(data_dir, **kw)[0])
     shards = [list(_load(data_dir, process_index=p, process_count=2, **kw)[0]) for p in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 3  # Both pad to the larger kept shard (3 steps of 16).
+    assert (
+        len(shards[0]) == len(shards[1]) == 3
+    )  # Both pad to the larger kept shard (3 steps of 16).
     assert _image_keys(shards[0]) + _image_keys(shards[1]) == whole and sum(whole.values()) == 72
-    train = [next(_load(data_dir, train=True, classes=(3, 8), process_index=p, process_count=2)[0]) for p in range(2)]
+    train = [
+        next(_load(data_dir, train=True, classes=(3, 8), process_index=p, process_count=2)[0])
+        for p in range(2)
+    ]
     assert all(set(np.unique(b["label"])) <= {0, 1} for b in train)
 
 
@@ -278,17 +346,42 @@ def test_classes_subset_with_mock_cifar10():
         assert len(batches) == -(-n // 64) and sum(b["mask"].sum() for b in batches) == n
         np.testing.assert_array_equal(images, all_images[keep])
         np.testing.assert_array_equal(labels, np.where(all_labels[keep] == 0, 0, 1))
-        names = full_info.class_names  # ("airplane", …) for the real data; mock metadata may say ("0", …).
-        assert (info.num_classes, info.class_names, info.classes) == (2, (names[0], names[2]), (0, 2))
-        assert info.num_train_examples == info.num_test_examples == n  # Mock splits are the same 200 examples.
+        names = (
+            full_info.class_names
+        )  # ("airplane", …) for the real data; mock metadata may say ("0", …).
+        assert (info.num_classes, info.class_names, info.classes) == (
+            2,
+            (names[0], names[2]),
+            (0, 2),
+        )
+        assert (
+            info.num_train_examples == info.num_test_examples == n
+        )  # Mock splits are the same 200 examples.
 
-        train_it, evals, info2 = get_datasets("cifar10", global_batch_size=8, classes=(0, 2), augment="none", **common)
+        train_it, evals, info2 = get_datasets(
+            "cifar10", global_batch_size=8, classes=(0, 2), augment="none", **common
+        )
         fresh = _take(train_it, 4)
-        assert info2 == info and set(np.unique(np.concatenate([b["label"] for b in fresh]))) <= {0, 1}
+        assert info2 == info and set(np.unique(np.concatenate([b["label"] for b in fresh]))) <= {
+            0,
+            1,
+        }
         assert sum(b["mask"].sum() for b in evals) == n
         step = n // 8  # The first batch after the first epoch boundary (or straddling it).
-        a = _take(load("cifar10", global_batch_size=8, train=True, classes=(0, 2), **common)[0], step + 2)
-        b = _take(load("cifar10", global_batch_size=8, train=True, classes=(0, 2), start_step=step, **common)[0], 2)
+        a = _take(
+            load("cifar10", global_batch_size=8, train=True, classes=(0, 2), **common)[0], step + 2
+        )
+        b = _take(
+            load(
+                "cifar10",
+                global_batch_size=8,
+                train=True,
+                classes=(0, 2),
+                start_step=step,
+                **common,
+            )[0],
+            2,
+        )
         for x, y in zip(a[step:], b):
             np.testing.assert_array_equal(x["image"], y["image"])
             np.testing.assert_array_equal(x["label"], y["label"])

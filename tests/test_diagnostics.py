@@ -26,7 +26,9 @@ def _make_step(graphdef):
         def loss_fn(m):
             logits, feats = m(x, return_features=True)
             # OrderedDict: jax keeps its order through grad's aux and jit (it sorts dicts).
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), collections.OrderedDict(feats)
+            return optax.softmax_cross_entropy_with_integer_labels(
+                logits, y
+            ).mean(), collections.OrderedDict(feats)
 
         grads, feats = nnx.grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
         params = nnx.state(model, nnx.Param)
@@ -70,7 +72,11 @@ def test_grad_norms_match_linalg_norm(runs):
     assert isinstance(stats, collections.OrderedDict)
     # Each leaf's norm separately (one jit for all leaves rather than an eager op per shape).
     norms, total, ours = jax.jit(
-        lambda g: ([jnp.linalg.norm(x.reshape(-1)) for x in jax.tree_util.tree_leaves(g)], optax.tree.norm(g), D.global_grad_norm(g))
+        lambda g: (
+            [jnp.linalg.norm(x.reshape(-1)) for x in jax.tree_util.tree_leaves(g)],
+            optax.tree.norm(g),
+            D.global_grad_norm(g),
+        )
     )(grads)
     flat = dict(zip(D.layer_names(grads), norms))
     assert "features/conv1_1/kernel" in flat and "head/fc8/bias" in flat
@@ -80,7 +86,9 @@ def test_grad_norms_match_linalg_norm(runs):
         np.testing.assert_allclose(float(stats[f"grad_norm/{name}"]), ref, rtol=1e-5, atol=1e-8)
         per_layer[name.rsplit("/", 1)[0]] += ref**2
     for layer, sq in per_layer.items():
-        np.testing.assert_allclose(float(stats[f"grad_norm/{layer}"]), np.sqrt(sq), rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(
+            float(stats[f"grad_norm/{layer}"]), np.sqrt(sq), rtol=1e-5, atol=1e-8
+        )
     total = float(total)
     np.testing.assert_allclose(float(stats["global_grad_norm"]), total, rtol=1e-5)
     np.testing.assert_allclose(float(ours), total, rtol=1e-5)
@@ -90,7 +98,9 @@ def test_grad_norms_match_linalg_norm(runs):
 def test_weight_and_activation_stats_match_numpy(runs):
     stats, _, feats, params = runs[0]
     kernel = np.asarray(params["features"]["conv2_1"]["kernel"].get_value())
-    np.testing.assert_allclose(float(stats["weight_mean/features/conv2_1"]), kernel.mean(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        float(stats["weight_mean/features/conv2_1"]), kernel.mean(), rtol=1e-4, atol=1e-7
+    )
     np.testing.assert_allclose(float(stats["weight_var/features/conv2_1"]), kernel.var(), rtol=1e-4)
     assert "weight_mean/features/conv2_1/bias" not in stats  # kernels only
     assert [k.split("/", 1)[1] for k in stats if k.startswith("act_mean/")] == list(feats)
@@ -107,7 +117,18 @@ def test_dead_relu_fraction(runs):
     assert float(dead["dead_frac/relu1_1"]) == 1.0
     assert float(dead["zero_frac/relu1_1"]) == 1.0
     relus = [k.split("/", 1)[1] for k in healthy if k.startswith("dead_frac/")]
-    assert relus == ["relu1_1", "relu2_1", "relu3_1", "relu3_2", "relu4_1", "relu4_2", "relu5_1", "relu5_2", "relu6", "relu7"]
+    assert relus == [
+        "relu1_1",
+        "relu2_1",
+        "relu3_1",
+        "relu3_2",
+        "relu4_1",
+        "relu4_2",
+        "relu5_1",
+        "relu5_2",
+        "relu6",
+        "relu7",
+    ]
     assert "dead_frac/conv1_1" not in healthy and "dead_frac/drop6" not in healthy
 
 
@@ -117,13 +138,19 @@ def test_dead_frac_counts_channels_zero_for_every_example():
     x[0, ..., 1] = 0  # zero for one example only: alive
     x[:, 1, 1, 2] = 0  # zero at one position only: alive
     x[..., 3] = -0.0  # negative zero is zero
-    stats = jax.jit(lambda f: D.layer_stats(None, None, f))({"relu1": jnp.asarray(x), "conv1": jnp.asarray(x)})
+    stats = jax.jit(lambda f: D.layer_stats(None, None, f))(
+        {"relu1": jnp.asarray(x), "conv1": jnp.asarray(x)}
+    )
     assert float(stats["dead_frac/relu1"]) == 0.5
     assert "dead_frac/conv1" not in stats
     np.testing.assert_allclose(float(stats["zero_frac/relu1"]), (x == 0).mean())
     custom = D.layer_stats(None, None, {"relu1": x, "conv1": x}, relu_names={"conv1"})
     assert "dead_frac/conv1" in custom and "dead_frac/relu1" not in custom
-    assert [k for k in D.layer_stats(None, None, {"a": x}, relu_names=lambda n: True) if k.startswith("dead")] == ["dead_frac/a"]
+    assert [
+        k
+        for k in D.layer_stats(None, None, {"a": x}, relu_names=lambda n: True)
+        if k.startswith("dead")
+    ] == ["dead_frac/a"]
 
 
 def test_dead_frac_under_pmap_uses_the_global_batch():
@@ -132,14 +159,22 @@ def test_dead_frac_under_pmap_uses_the_global_batch():
     x = np.ones((2, 3, 3, 2), np.float32)
     x[..., 0] = 0  # dead on both devices
     x[0, ..., 1] = 0  # zero on device 0 only: alive globally
-    f = jax.pmap(lambda f: D.layer_stats(None, None, f, axis_name="d"), axis_name="d", devices=jax.local_devices()[:2])
+    f = jax.pmap(
+        lambda f: D.layer_stats(None, None, f, axis_name="d"),
+        axis_name="d",
+        devices=jax.local_devices()[:2],
+    )
     stats = D.to_python(f({"relu": x[:, None]}))
     assert stats["dead_frac/relu"] == 0.5
     np.testing.assert_allclose(stats["act_mean/relu"], x.mean(), rtol=1e-6)
     np.testing.assert_allclose(stats["act_std/relu"], x.std(), rtol=1e-6)
 
 
-BACKBONE = [f"features/{kind}{i}" for i in ("1_1", "2_1", "3_1", "3_2", "4_1", "4_2", "5_1", "5_2") for kind in ("conv", "bn")]
+BACKBONE = [
+    f"features/{kind}{i}"
+    for i in ("1_1", "2_1", "3_1", "3_2", "4_1", "4_2", "5_1", "5_2")
+    for kind in ("conv", "bn")
+]
 HEAD = ["head/fc6", "head/fc7", "head/fc8"]
 
 
@@ -158,14 +193,18 @@ def test_keys_stable_and_in_network_order(runs, model):
     assert [n for n, _ in D.by_layer(stats, "act_std")] == list(feats)
     # Same keys in the same order on a second trace, and as plain floats.
     again = jax.jit(lambda g, f: D.layer_stats(None, g, f))(grads, feats)
-    assert [k for k in again if k.startswith("grad_norm")] == [k for k in stats if k.startswith("grad_norm")]
+    assert [k for k in again if k.startswith("grad_norm")] == [
+        k for k in stats if k.startswith("grad_norm")
+    ]
     assert list(D.to_python(stats)) == list(stats)
     # A plain dict through jit comes back sorted; feature_order restores network order.
     order = D.feature_order(model, jax.ShapeDtypeStruct(X.shape, X.dtype))
     assert order == list(feats)
     sorted_feats = dict(sorted(feats.items()))
     restored = jax.jit(lambda f: D.layer_stats(None, None, f, order=order))(sorted_feats)
-    assert list(restored) == [k for k in stats if k.split("/")[0] in ("act_mean", "act_std", "zero_frac", "dead_frac")]
+    assert list(restored) == [
+        k for k in stats if k.split("/")[0] in ("act_mean", "act_std", "zero_frac", "dead_frac")
+    ]
     shuffled = dict(sorted(stats.items()))
     assert [n for n, _ in D.by_layer(shuffled, "act_mean", order=order)] == list(feats)
 
@@ -205,7 +244,9 @@ def test_first_nonfinite_names_the_layer(runs):
         assert bool(found) and names[int(index)] == target
     found, index = find(nnx.to_pure_dict(poison("features/conv2_1/kernel", jnp.nan)))
     assert bool(found) and names[int(index)] == "features/conv2_1/kernel"
-    flags = D.finite_flags([jnp.ones(3), jnp.array([1.0, -jnp.inf]), jnp.zeros((2, 2)), jnp.array([jnp.nan])])
+    flags = D.finite_flags(
+        [jnp.ones(3), jnp.array([1.0, -jnp.inf]), jnp.zeros((2, 2)), jnp.array([jnp.nan])]
+    )
     assert flags.dtype == jnp.bool_ and flags.tolist() == [True, False, True, False]
 
 
@@ -225,7 +266,11 @@ def test_summarize_table(runs):
 def test_kernel_order_follows_execution():
     model = vggjax.vgg11(num_classes=3, width=1 / 16, rngs=nnx.Rngs(0))
     order = D.kernel_order(model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-    convs = [f"features/conv{b}_{i}/kernel" for b, n in [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)] for i in range(1, n + 1)]
+    convs = [
+        f"features/conv{b}_{i}/kernel"
+        for b, n in [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)]
+        for i in range(1, n + 1)
+    ]
     assert order == convs + [f"head/fc{i}/kernel" for i in (6, 7, 8)]
 
 

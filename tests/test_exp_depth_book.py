@@ -17,7 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", os.path.join(ROOT, "experiments", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"exp_{name}", os.path.join(ROOT, "experiments", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -47,7 +49,9 @@ def test_depth_init_normal001_gradients_vanish_against_he(depth_init):
     assert all(math.isfinite(v) and v > 0 for v in small + he)
     # The first conv's gradient under N(0, 0.01) is >= 100x smaller than under He ...
     assert he[0] / small[0] >= 100
-    assert result["checks"]["vgg16_first_layer_grad_ratio_he_over_normal001"] == pytest.approx(he[0] / small[0])
+    assert result["checks"]["vgg16_first_layer_grad_ratio_he_over_normal001"] == pytest.approx(
+        he[0] / small[0]
+    )
     # ... and so is every other layer's: the whole net is starved, not just the bottom.
     assert all(h / s >= 100 for h, s in zip(he, small))
     # N(0, 0.01) logits are ~0: the loss sits at ln 10.
@@ -66,7 +70,9 @@ def test_depth_init_writes_json_and_plots(depth_init):
 
 def test_book_nets_l2_penalty_equals_weight_decay(book_nets):
     result, out = book_nets
-    runs = {(r["momentum"], r["weight_decay_mode"]): r for r in result["l2_vs_weight_decay"]["runs"]}
+    runs = {
+        (r["momentum"], r["weight_decay_mode"]): r for r in result["l2_vs_weight_decay"]["runs"]
+    }
     assert result["l2_vs_weight_decay"]["lambda"] == 0.001
     assert result["l2_vs_weight_decay"]["weight_decay"] == 0.002
     # lambda * sum(w^2) in the loss == coupled weight_decay = 2 lambda, with and without momentum.
@@ -87,7 +93,11 @@ def test_book_nets_param_counts(book_nets):
         # nn.Sequential(*(n * [ResBlock(...)])) repeats ONE module: one block's parameters.
         assert c[f"NetResDeep{n}_shared"] - c["NetResDeep_no_blocks"] == c["one_ResBlock"]
         assert c[f"NetResDeep{n}"] - c["NetResDeep_no_blocks"] == n * c["one_ResBlock"]
-    assert all(v is True for k, v in result["checks"].items() if k.endswith(("18090", "one_block", "n_blocks")))
+    assert all(
+        v is True
+        for k, v in result["checks"].items()
+        if k.endswith(("18090", "one_block", "n_blocks"))
+    )
 
 
 def test_book_nets_trains_and_writes(book_nets):

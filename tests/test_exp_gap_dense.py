@@ -20,7 +20,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _experiment(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", ROOT / "experiments" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"experiment_{name}", ROOT / "experiments" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -44,7 +46,9 @@ def test_gap_dead_relu_quick(tmp_path):
     assert all(res["checks"].values()), res["checks"]
 
     saved = json.loads((tmp_path / "result.json").read_text())
-    assert saved["variant_runs"]["relu_scores"]["updates_to_collapse"] == relu["updates_to_collapse"]
+    assert (
+        saved["variant_runs"]["relu_scores"]["updates_to_collapse"] == relu["updates_to_collapse"]
+    )
     assert (tmp_path / "gap_dead_relu.png").stat().st_size > 0
 
 
@@ -69,7 +73,11 @@ def test_dense_eval_quick(tmp_path):
     assert seed_net["conv12_vs_fc_on_flattened_map_rel_max"] < 1e-4
 
     table = res["parameter_table"]
-    assert table["params"] == {"total": 333_502_275, "trainable": 318_787_587, "non_trainable": 14_714_688}
+    assert table["params"] == {
+        "total": 333_502_275,
+        "trainable": 318_787_587,
+        "non_trainable": 14_714_688,
+    }
     assert table["fc6_params"] == 301_993_984
     assert all(v for v in res["checks"].values() if v is not None), res["checks"]
     assert (tmp_path / "dense_eval.png").stat().st_size > 0

@@ -18,11 +18,15 @@ import pytest
 from vggjax import optim
 
 LN3 = math.log(3.0)
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+EXPERIMENTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
+)
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", os.path.join(EXPERIMENTS, f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"exp_{name}", os.path.join(EXPERIMENTS, f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,14 +37,18 @@ def _script(name):
 
 def test_accumulate_gradients_passes_the_running_sum():
     params = {"w": jnp.zeros(3)}
-    tx = optax.chain(optim.accumulate_gradients(), optim.make_optimizer({"learning_rate": 1.0}, 1, 1))
+    tx = optax.chain(
+        optim.accumulate_gradients(), optim.make_optimizer({"learning_rate": 1.0}, 1, 1)
+    )
     state = tx.init(params)
     grads = [jnp.array([1.0, 2.0, 3.0]), jnp.array([0.5, -1.0, 0.0]), jnp.array([-2.0, 0.0, 1.0])]
     total = jnp.zeros(3)
     for g in grads:
         total = total + g
         updates, state = tx.update({"w": g}, state, params)
-        np.testing.assert_allclose(updates["w"], -total)  # lr 1, no momentum: the step is -(g1+...+gt)
+        np.testing.assert_allclose(
+            updates["w"], -total
+        )  # lr 1, no momentum: the step is -(g1+...+gt)
     assert float(optim.current_lr(state)) == 1.0  # the lr state is still found inside the chain
 
 
@@ -53,7 +61,10 @@ def test_accumulate_gradients_matches_torch_without_zero_grad():
     def loss(w, x):
         return jnp.sum(jnp.tanh(w * x) ** 2)
 
-    tx = optax.chain(optim.accumulate_gradients(), optim.make_optimizer({"learning_rate": 0.1, "momentum": 0.5}, 1, 1))
+    tx = optax.chain(
+        optim.accumulate_gradients(),
+        optim.make_optimizer({"learning_rate": 0.1, "momentum": 0.5}, 1, 1),
+    )
     w, state = jnp.asarray(w0), None
     state = tx.init(w)
     for x in xs:
@@ -85,7 +96,9 @@ def test_init_study_zero_init_is_exactly_stuck(init_study):
         run = result["runs"][f"zeros/{variant}"]
         assert len(run["loss"]) == 10
         assert max(abs(l - LN3) for l in run["loss"]) < 1e-6
-        assert all(v == 0.0 for v in run["conv1_max_abs"] + run["conv2_max_abs"])  # exactly, every iteration
+        assert all(
+            v == 0.0 for v in run["conv1_max_abs"] + run["conv2_max_abs"]
+        )  # exactly, every iteration
         assert all(v == 0.0 for v in run["grad_norm"])
     grads = result["mechanism"]["two_conv_zero_init_step0_grad_norms"]
     assert grads and all(v == 0.0 for v in grads.values())
@@ -109,7 +122,11 @@ def test_init_study_accumulation_and_torch_parity(init_study):
     result, out = init_study
     for name in ("constant5", "kaiming"):
         acc = result["accumulation"][name]
-        assert acc["final_loss_faithful"] < acc["final_loss_corrected"] < result["runs"][f"{name}/corrected"]["loss"][0]
+        assert (
+            acc["final_loss_faithful"]
+            < acc["final_loss_corrected"]
+            < result["runs"][f"{name}/corrected"]["loss"][0]
+        )
         assert acc["applied_over_current_grad_norm_faithful"]["last"] > 2.0
     assert result["torch_check"]["all_allclose"]
     on_disk = json.loads((out / "result.json").read_text())
@@ -141,7 +158,9 @@ def test_overfeat_two_1x1_stays_at_ln3_and_he_init_escapes(overfeat):
     # ... while the same net with He-initialised fc6/fc7/fc7_1 and the same SGD leaves it.
     assert he["final_loss_ma"] < 0.9 * LN3
     assert he["plateau_exit_step"] is not None
-    assert (out / "result.json").exists() and all((out / f).stat().st_size > 0 for f in result["plots"])
+    assert (out / "result.json").exists() and all(
+        (out / f).stat().st_size > 0 for f in result["plots"]
+    )
 
 
 @pytest.mark.slow
@@ -159,7 +178,9 @@ def test_overfeat_head_makes_logits_input_independent(overfeat):
     # and each ~0.1-gain layer divides the gradient reaching the layers below it
     step0 = result["runs"]["two_1x1"]["step0"]
     assert step0["zero_frac/relu7"] == step0["zero_frac/relu7_1"] == 0.0
-    assert step0["grad_norm/fc6"] < 0.3 * step0["grad_norm/fc7"] < 0.3 * 0.3 * step0["grad_norm/fc7_1"]
+    assert (
+        step0["grad_norm/fc6"] < 0.3 * step0["grad_norm/fc7"] < 0.3 * 0.3 * step0["grad_norm/fc7_1"]
+    )
     # He init keeps the input dependence: its logits vary across images far more
     he = result["runs"]["two_1x1+he_init"]["init_probe"]
     assert he["logits"]["between"] > 100 * two["logits"]["between"]

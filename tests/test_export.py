@@ -19,7 +19,9 @@ import pytest
 
 from vggjax.bench import exports
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 fake devices of conftest")
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs the 8 fake devices of conftest"
+)
 
 CONVS, POOLS, FC_MATMULS = 13, 5, 3
 
@@ -37,8 +39,11 @@ def _export(arch: str, parallel: str, which: str, platform: str):
 
 def _big_concatenates(mlir: str) -> list[str]:
     """``concatenate`` ops whose result has rank ≥ 3: im2col patches (a stack of scalar sums or an RNG key is rank 1)."""
-    return [line for line in mlir.splitlines() if "stablehlo.concatenate" in line
-            and re.search(r"-> tensor<(\d+x){3,}", line)]
+    return [
+        line
+        for line in mlir.splitlines()
+        if "stablehlo.concatenate" in line and re.search(r"-> tensor<(\d+x){3,}", line)
+    ]
 
 
 @pytest.mark.parametrize("parallel", ["jit", "pmap"])
@@ -49,9 +54,15 @@ def test_gpu_and_tpu_train_step_is_native_convolution_and_pooling(platform, arch
     assert exp.platforms == (platform,)
     mlir = exp.mlir_module()
     ops = exports.op_counts(mlir)
-    assert ops["convolution"] == CONVS + CONVS + (CONVS - 1)  # forward, kernel gradient, input gradient
-    assert ops["dot_general"] == 3 * FC_MATMULS  # fc6-fc8 only: no per-tap kernel-gradient matmul, no im2col matmul
-    assert ops["reduce_window"] == POOLS and ops["select_and_scatter"] == POOLS  # XLA's max pool and its gradient
+    assert ops["convolution"] == CONVS + CONVS + (
+        CONVS - 1
+    )  # forward, kernel gradient, input gradient
+    assert (
+        ops["dot_general"] == 3 * FC_MATMULS
+    )  # fc6-fc8 only: no per-tap kernel-gradient matmul, no im2col matmul
+    assert (
+        ops["reduce_window"] == POOLS and ops["select_and_scatter"] == POOLS
+    )  # XLA's max pool and its gradient
     assert _big_concatenates(mlir) == []
     if parallel == "jit":
         assert exp.nr_devices == 8 and "sharding" in mlir  # the global batch over the mesh
@@ -62,7 +73,11 @@ def test_gpu_and_tpu_train_step_is_native_convolution_and_pooling(platform, arch
 def test_gpu_and_tpu_eval_step_is_native_convolution_and_pooling(platform, parallel):
     mlir = _export("vgg16_bn", parallel, "eval", platform).mlir_module()
     ops = exports.op_counts(mlir)
-    assert (ops["convolution"], ops["dot_general"], ops["reduce_window"]) == (CONVS, FC_MATMULS, POOLS)
+    assert (ops["convolution"], ops["dot_general"], ops["reduce_window"]) == (
+        CONVS,
+        FC_MATMULS,
+        POOLS,
+    )
     assert ops["concatenate"] == 0 and ops["select_and_scatter"] == 0
 
 
@@ -73,7 +88,9 @@ def test_cpu_export_keeps_the_cpu_formulations(parallel):
     # At 224x224, batch 32 per device: im2col on conv1_1 (3 input channels) and the 14x14
     # layers (1568 rows <= 2048), rows on conv1_2, per-tap kernel gradients on 128+ channels.
     assert ops["convolution"] < 2 * CONVS + CONVS - 1
-    assert ops["dot_general"] > 3 * FC_MATMULS + 9  # at least one conv's 9 per-tap kernel-gradient matmuls
+    assert (
+        ops["dot_general"] > 3 * FC_MATMULS + 9
+    )  # at least one conv's 9 per-tap kernel-gradient matmuls
     assert _big_concatenates(mlir)  # im2col patches
     assert ops["reduce_window"] == 0 and ops["select_and_scatter"] == 0  # argmax max pooling
     eval_ops = exports.op_counts(_export("vgg16_bn", parallel, "eval", "cpu").mlir_module())
@@ -98,7 +115,9 @@ def test_record_is_regenerable_and_matches(tmp_path):
     import json
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "results", "bench", "export_ops.json")
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "experiments", "results", "bench", "export_ops.json"
+    )
     with open(path) as f:
         record = json.load(f)
     assert record["devices"] == 8

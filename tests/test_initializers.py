@@ -77,7 +77,11 @@ def test_fans_and_bounds_equal_torch(oihw):
     ours = tuple(oihw[2:]) + (oihw[1], oihw[0]) if len(oihw) == 4 else (oihw[1], oihw[0])
     assert I.fans(ours) == (fan_in, fan_out)
     # torch's default Conv/Linear weight bound and he_normal std for the same layer.
-    layer = torch.nn.Conv2d(oihw[1], oihw[0], oihw[2:]) if len(oihw) == 4 else torch.nn.Linear(oihw[1], oihw[0])
+    layer = (
+        torch.nn.Conv2d(oihw[1], oihw[0], oihw[2:])
+        if len(oihw) == 4
+        else torch.nn.Linear(oihw[1], oihw[0])
+    )
     tw = layer.weight.detach().numpy()
     tb = layer.bias.detach().numpy()
     scheme = I.torch_default()
@@ -114,7 +118,9 @@ def test_torch_default_biases_and_callable_init():
     model = vggjax.vgg11(num_classes=3, width=1 / 16, init="torch_default")
     b = model.features.conv2_1.bias.get_value()
     assert float(jnp.abs(b).max()) > 0 and float(jnp.abs(b).max()) <= 1 / math.sqrt(9 * 4)
-    model = vggjax.vgg11(num_classes=3, width=1 / 16, init=jax.nn.initializers.ones, bias_init="normal(1.0)")
+    model = vggjax.vgg11(
+        num_classes=3, width=1 / 16, init=jax.nn.initializers.ones, bias_init="normal(1.0)"
+    )
     assert np.all(model.features.conv1_1.kernel.get_value() == 1.0)
     assert float(model.features.conv1_1.bias.get_value().std()) > 0
 
@@ -122,12 +128,16 @@ def test_torch_default_biases_and_callable_init():
 def test_same_seed_same_weights():
     a = vggjax.vgg11(num_classes=3, width=1 / 16, rngs=nnx.Rngs(3))
     b = vggjax.vgg11(num_classes=3, width=1 / 16, rngs=3)
-    for x, y in zip(jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param))):
+    for x, y in zip(
+        jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param))
+    ):
         np.testing.assert_array_equal(x, y)
 
 
 def test_bad_specs():
-    with pytest.raises(ValueError, match="unknown initializer 'gaussian'; valid: .*he_normal.*xavier_uniform"):
+    with pytest.raises(
+        ValueError, match="unknown initializer 'gaussian'; valid: .*he_normal.*xavier_uniform"
+    ):
         I.get("gaussian")
     with pytest.raises(ValueError, match="unknown fan mode 'fan_middle'"):
         I.get("he_normal(fan_middle)")

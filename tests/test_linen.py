@@ -9,7 +9,9 @@ import optax
 import vggjax
 import vggjax.linen as vl
 
-OPTS = dict(num_classes=8, width=1 / 16, head="fc", head_options={"pool_size": 1, "hidden": 16}, dropout=0.5)
+OPTS = dict(
+    num_classes=8, width=1 / 16, head="fc", head_options={"pool_size": 1, "hidden": 16}, dropout=0.5
+)
 
 
 class Classifier(nn.Module):
@@ -41,9 +43,15 @@ def test_linen_wrapper_trains_one_step():
 
     def loss_fn(p, stats, key):
         logits, updates = Classifier().apply(
-            {"params": p, "batch_stats": stats}, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+            {"params": p, "batch_stats": stats},
+            x,
+            train=True,
+            rngs={"dropout": key},
+            mutable=["batch_stats"],
         )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates[
+            "batch_stats"
+        ]
 
     @jax.jit
     def step(p, stats, opt, key):
@@ -56,8 +64,14 @@ def test_linen_wrapper_trains_one_step():
     # Gradients reach the vggjax backbone and the step changes its weights and BN statistics.
     g = grads["backbone"]["features"]["conv1_1"]["kernel"]
     assert float(jnp.abs(g).sum()) > 0
-    assert not np.array_equal(new["backbone"]["features"]["conv1_1"]["kernel"], params["backbone"]["features"]["conv1_1"]["kernel"])
-    assert not np.array_equal(new_stats["backbone"]["features"]["bn1_1"]["mean"], stats["backbone"]["features"]["bn1_1"]["mean"])
+    assert not np.array_equal(
+        new["backbone"]["features"]["conv1_1"]["kernel"],
+        params["backbone"]["features"]["conv1_1"]["kernel"],
+    )
+    assert not np.array_equal(
+        new_stats["backbone"]["features"]["bn1_1"]["mean"],
+        stats["backbone"]["features"]["bn1_1"]["mean"],
+    )
     # Inference mode is deterministic (no dropout rng needed) and uses the running statistics.
     a = Classifier().apply({"params": new, "batch_stats": new_stats}, x)
     b = Classifier().apply({"params": new, "batch_stats": new_stats}, x)

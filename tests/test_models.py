@@ -48,7 +48,9 @@ def test_builders_are_exported_and_named():
 
 
 def _ported_pair(size_ok=True):
-    fc = vggjax.vgg11(num_classes=5, head="fc", width=TINY, dropout=0.0, init="he_normal", rngs=nnx.Rngs(1))
+    fc = vggjax.vgg11(
+        num_classes=5, head="fc", width=TINY, dropout=0.0, init="he_normal", rngs=nnx.Rngs(1)
+    )
     conv = vggjax.vgg11(num_classes=5, head="fc_conv", width=TINY, dropout=0.0, rngs=nnx.Rngs(2))
     nnx.update(conv.features, nnx.state(fc.features))
     conv.head.load_fc(fc.head)
@@ -81,7 +83,9 @@ def test_adaptive_pool_divisible_matches_reshape_mean():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", [(14, 14), (10, 10), (13, 13), (5, 5), (1, 1), (13, 6), (224, 224)])
+@pytest.mark.parametrize(
+    "size", [(14, 14), (10, 10), (13, 13), (5, 5), (1, 1), (13, 6), (224, 224)]
+)
 def test_adaptive_pool_matches_torch(size):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -95,9 +99,26 @@ def test_return_features_names_and_order():
     model = vggjax.vgg16_bn(num_classes=3, width=TINY)
     logits, feats = model(jnp.ones((1, 32, 32, 3)), return_features=True)
     names = list(feats)
-    for name in ("conv1_1", "bn1_1", "relu1_1", "conv1_2", "pool1", "conv5_3", "relu5_3", "pool5", "fc6", "relu7", "fc8"):
+    for name in (
+        "conv1_1",
+        "bn1_1",
+        "relu1_1",
+        "conv1_2",
+        "pool1",
+        "conv5_3",
+        "relu5_3",
+        "pool5",
+        "fc6",
+        "relu7",
+        "fc8",
+    ):
         assert name in names
-    assert names.index("conv1_1") < names.index("relu1_1") < names.index("pool1") < names.index("conv2_1")
+    assert (
+        names.index("conv1_1")
+        < names.index("relu1_1")
+        < names.index("pool1")
+        < names.index("conv2_1")
+    )
     assert feats["relu3_3"].shape == (1, 8, 8, 16)
     np.testing.assert_array_equal(feats["fc8"], logits)
 
@@ -109,7 +130,9 @@ ARCH_HEADS = [(a, "fc") for a in vggjax.ARCHS] + [("vgg11_bn", "gap"), ("vgg11",
 def test_forward_backward_jit_every_param_gets_gradient(arch, head):
     size = 224 if head == "fc_conv" else 32
     width = 1 / 32 if head == "fc_conv" else TINY
-    model = vggjax.build(arch, num_classes=4, head=head, width=width, init="he_normal", bias_init="constant(0.01)")
+    model = vggjax.build(
+        arch, num_classes=4, head=head, width=width, init="he_normal", bias_init="constant(0.01)"
+    )
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
@@ -142,11 +165,15 @@ def test_batchnorm_batch_stats_in_train_running_stats_in_eval():
     np.testing.assert_allclose(h.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(h.var(axis=(0, 1, 2)), 1.0, atol=1e-2)
     conv_out = feats["conv1_1"]
-    np.testing.assert_allclose(bn.mean.get_value(), 0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        bn.mean.get_value(), 0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+    )
     model.eval()
     _, feats_eval = model(x, return_features=True)
     want = (feats_eval["conv1_1"] - bn.mean.get_value()) / jnp.sqrt(bn.var.get_value() + 1e-5)
-    np.testing.assert_allclose(feats_eval["bn1_1"], want * bn.scale.get_value() + bn.bias.get_value(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        feats_eval["bn1_1"], want * bn.scale.get_value() + bn.bias.get_value(), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_width_and_in_channels():
@@ -204,13 +231,21 @@ def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="unknown option.*'?score_activation'?.*score_act"):
         vggjax.vgg11(head="gap", head_options={"score_activation": "relu"}, width=TINY)
     # hidden is one width for fc / fc_conv and a list of widths for gap (an fc config switched to gap).
-    with pytest.raises(ValueError, match=r"head 'gap' option hidden is a list of 1x1-conv widths, e.g. \(256,\), or \(\) for none; got 4096"):
+    with pytest.raises(
+        ValueError,
+        match=r"head 'gap' option hidden is a list of 1x1-conv widths, e.g. \(256,\), or \(\) for none; got 4096",
+    ):
         vggjax.vgg11(head="gap", head_options={"hidden": 4096}, width=TINY)
-    with pytest.raises(ValueError, match=r"head 'fc_conv' option hidden is the width of fc6 and fc7, a positive integer such as 4096; got \(16,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"head 'fc_conv' option hidden is the width of fc6 and fc7, a positive integer such as 4096; got \(16,\)",
+    ):
         vggjax.vgg11(head="fc_conv", head_options={"hidden": (16,)}, width=TINY)
     with pytest.raises(ValueError, match="head 'fc' option hidden .* got 0"):
         vggjax.vgg11(head="fc", head_options={"hidden": 0}, width=TINY)
-    with pytest.raises(ValueError, match="head 'gap' option hidden .* got 16"):  # the heads check it themselves
+    with pytest.raises(
+        ValueError, match="head 'gap' option hidden .* got 16"
+    ):  # the heads check it themselves
         vggjax.GAPHead(8, 3, hidden=16, rngs=nnx.Rngs(0))
 
 
@@ -218,7 +253,9 @@ def test_input_too_small_or_wrong_channels():
     model = vggjax.vgg16(num_classes=2, width=TINY)
     with pytest.raises(ValueError, match=r"at least 32x32 \(5 2x2 max-poolings\), got 16x16"):
         model(jnp.ones((1, 16, 16, 3)))
-    with pytest.raises(ValueError, match=r"expects 3 input channels.*\(N, H, W, 3\).*\(1, 3, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"expects 3 input channels.*\(N, H, W, 3\).*\(1, 3, 32, 32\)"
+    ):
         model(jnp.ones((1, 3, 32, 32)))
     conv = vggjax.vgg16(num_classes=2, head="fc_conv", width=TINY)
     with pytest.raises(ValueError, match=r"at least 224x224 .*7x7 fc_conv window.*got 200x200"):

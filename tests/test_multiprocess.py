@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-
 from subproc import ROOT, cpu_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +36,14 @@ def run_all(commands: list[list[str]], timeout: float = TIMEOUT) -> list[tuple[i
     """Run ``commands`` together; ``[(returncode, output)]``. All are killed on the first
     failure or at ``timeout`` seconds, so a stuck collective cannot hang the test run."""
     procs = [
-        subprocess.Popen(c, env=cpu_env(DEVICES_PER_PROCESS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            c,
+            env=cpu_env(DEVICES_PER_PROCESS),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for c in commands
     ]
     deadline = time.monotonic() + timeout
@@ -80,12 +86,24 @@ def test_cli_trains_across_two_processes(tmp_path):
     wd = tmp_path / "run"
     address = f"127.0.0.1:{free_port()}"
     args = [
-        f"--workdir={wd}", "--config.num_train_steps=3", "--config.batch_size=16", "--config.log_every_steps=1",
-        "--config.model_options.width=0.0625", "--config.model_options.head_options.hidden=16",
-        "--config.optim.schedule=constant", "--config.optim.warmup_epochs=0", "--config.progress=False",
-        "--config.eval_batch_size=120", "--config.compilation_cache=", f"--coordinator_address={address}", "--num_processes=2", "--cpu_collectives=gloo",
+        f"--workdir={wd}",
+        "--config.num_train_steps=3",
+        "--config.batch_size=16",
+        "--config.log_every_steps=1",
+        "--config.model_options.width=0.0625",
+        "--config.model_options.head_options.hidden=16",
+        "--config.optim.schedule=constant",
+        "--config.optim.warmup_epochs=0",
+        "--config.progress=False",
+        "--config.eval_batch_size=120",
+        "--config.compilation_cache=",
+        f"--coordinator_address={address}",
+        "--num_processes=2",
+        "--cpu_collectives=gloo",
     ]
-    results = run_all([[sys.executable, "-m", "vggjax.train", *args, f"--process_id={i}"] for i in range(2)])
+    results = run_all(
+        [[sys.executable, "-m", "vggjax.train", *args, f"--process_id={i}"] for i in range(2)]
+    )
     check(results)
     with open(wd / "metrics.jsonl") as f:
         recs = [json.loads(line) for line in f]

@@ -90,8 +90,12 @@ def test_sgd_matches_torch(nesterov):
     r = np.random.default_rng(3)
     p0 = _params()
     grads_seq = [
-        {"fc": {"kernel": r.normal(size=(3, 4)).astype(np.float32),
-                "bias": r.normal(size=(4,)).astype(np.float32)}}
+        {
+            "fc": {
+                "kernel": r.normal(size=(3, 4)).astype(np.float32),
+                "bias": r.normal(size=(4,)).astype(np.float32),
+            }
+        }
         for _ in range(6)
     ]
     cfg = {"learning_rate": 0.1, "momentum": 0.9, "nesterov": nesterov, "weight_decay": 5e-4}
@@ -148,8 +152,13 @@ def test_decoupled_decay_skips_momentum_buffer():
 @pytest.mark.parametrize("mode", ["coupled", "decoupled"])
 def test_no_bias_norm_mask_on_nnx_state(mode):
     params = _nnx_params()
-    cfg = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.5,
-           "weight_decay_mode": mode, "weight_decay_mask": "no_bias_norm"}
+    cfg = {
+        "learning_rate": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 0.5,
+        "weight_decay_mode": mode,
+        "weight_decay_mask": "no_bias_norm",
+    }
     tx = optim.make_optimizer(cfg, 1, 3)
     new, _ = _run(tx, params, lambda p: jax.tree.map(jnp.zeros_like, p), 3)
     assert type(new) is type(params)
@@ -161,10 +170,18 @@ def test_no_bias_norm_mask_on_nnx_state(mode):
         assert not np.allclose(after, before)
 
     mask = optim.decay_mask(params, "no_bias_norm")
-    flat = {optim.leaf_name(p) + "@" + jax.tree_util.keystr(p[:1]): bool(v)
-            for p, v in jax.tree_util.tree_leaves_with_path(mask)}
-    assert flat == {"bias@['bn']": False, "scale@['bn']": False, "bias@['conv']": False,
-                    "kernel@['conv']": True, "bias@['fc']": False, "kernel@['fc']": True}
+    flat = {
+        optim.leaf_name(p) + "@" + jax.tree_util.keystr(p[:1]): bool(v)
+        for p, v in jax.tree_util.tree_leaves_with_path(mask)
+    }
+    assert flat == {
+        "bias@['bn']": False,
+        "scale@['bn']": False,
+        "bias@['conv']": False,
+        "kernel@['conv']": True,
+        "bias@['fc']": False,
+        "kernel@['fc']": True,
+    }
 
 
 def test_all_mask_decays_biases_too():
@@ -176,8 +193,17 @@ def test_all_mask_decays_biases_too():
 
 def test_optimizer_under_jit_with_nnx_state():
     params = _nnx_params()
-    tx = optim.make_optimizer({"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-3,
-                               "weight_decay_mask": "no_bias_norm", "grad_clip_norm": 1.0}, 1, 5)
+    tx = optim.make_optimizer(
+        {
+            "learning_rate": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 1e-3,
+            "weight_decay_mask": "no_bias_norm",
+            "grad_clip_norm": 1.0,
+        },
+        1,
+        5,
+    )
 
     @jax.jit
     def step(params, opt_state):
@@ -220,21 +246,27 @@ def _lrs(cfg, steps, spe, total):
 
 def test_piecewise_schedule_in_epochs_and_steps():
     cfg = {"learning_rate": 1.0, "schedule": "piecewise", "lr_boundaries": (2, 4)}
-    np.testing.assert_allclose(_lrs(cfg, [0, 19, 20, 39, 40, 99], 10, 100),
-                               [1, 1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+    np.testing.assert_allclose(
+        _lrs(cfg, [0, 19, 20, 39, 40, 99], 10, 100), [1, 1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6
+    )
     cfg = {**cfg, "lr_boundaries": (5,), "lr_boundaries_unit": "steps", "lr_decay_factor": 0.5}
     np.testing.assert_allclose(_lrs(cfg, [4, 5, 50], 10, 100), [1, 0.5, 0.5], rtol=1e-6)
 
 
 def test_step_schedule_like_torch_steplr():
     cfg = {"learning_rate": 0.2, "schedule": "step", "lr_step_every": 3}
-    np.testing.assert_allclose(_lrs(cfg, [0, 5, 6, 11, 12], 2, 100),
-                               [0.2, 0.2, 0.02, 0.02, 0.002], rtol=1e-6)
+    np.testing.assert_allclose(
+        _lrs(cfg, [0, 5, 6, 11, 12], 2, 100), [0.2, 0.2, 0.02, 0.02, 0.002], rtol=1e-6
+    )
 
 
 def test_warmup_cosine_endpoints():
-    cfg = {"learning_rate": 0.4, "schedule": "warmup_cosine", "warmup_epochs": 1,
-           "end_learning_rate": 0.002}
+    cfg = {
+        "learning_rate": 0.4,
+        "schedule": "warmup_cosine",
+        "warmup_epochs": 1,
+        "end_learning_rate": 0.002,
+    }
     got = _lrs(cfg, [0, 5, 10, 55, 100, 200], 10, 100)
     np.testing.assert_allclose(got, [0.0, 0.2, 0.4, 0.201, 0.002, 0.002], rtol=1e-5, atol=1e-7)
     no_warmup = _lrs({**cfg, "warmup_epochs": 0}, [0, 100], 10, 100)
@@ -249,8 +281,13 @@ def test_warmup_multiplies_other_schedules():
 
 
 def test_current_lr_follows_schedule_through_updates():
-    cfg = {"learning_rate": 1.0, "schedule": "piecewise", "lr_boundaries": (2,),
-           "lr_boundaries_unit": "steps", "momentum": 0.9}
+    cfg = {
+        "learning_rate": 1.0,
+        "schedule": "piecewise",
+        "lr_boundaries": (2,),
+        "lr_boundaries_unit": "steps",
+        "momentum": 0.9,
+    }
     tx = optim.make_optimizer(cfg, 1, 10)
     p = {"w": jnp.zeros(2)}
     state = tx.init(p)
@@ -322,13 +359,20 @@ def test_plateau_matches_torch_reduce_lr_on_plateau(mode):
     torch = pytest.importorskip("torch")
     r = np.random.default_rng(9)
     metrics = np.round(r.random(40), 1).tolist()  # coarse: many non-improvements
-    cfg = {"learning_rate": 1.0, "schedule": "plateau", "plateau_mode": mode,
-           "plateau_patience": 1, "plateau_cooldown": 2, "plateau_factor": 0.5,
-           "plateau_min_lr": 0.01}
+    cfg = {
+        "learning_rate": 1.0,
+        "schedule": "plateau",
+        "plateau_mode": mode,
+        "plateau_patience": 1,
+        "plateau_cooldown": 2,
+        "plateau_factor": 0.5,
+        "plateau_min_lr": 0.01,
+    }
     state = optim.make_optimizer(cfg, 1, 1).init({"w": jnp.zeros(1)})
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode=mode, factor=0.5, patience=1, cooldown=2, min_lr=0.01)
+        opt, mode=mode, factor=0.5, patience=1, cooldown=2, min_lr=0.01
+    )
     ours, ref = [], []
     for m in metrics:
         state = optim.plateau_update(state, m, cfg)
@@ -341,8 +385,12 @@ def test_plateau_matches_torch_reduce_lr_on_plateau(mode):
 
 def test_works_with_nnx_optimizer():
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
-    cfg = {**PLATEAU, "plateau_patience": 0, "weight_decay": 1e-3,
-           "weight_decay_mask": "no_bias_norm"}
+    cfg = {
+        **PLATEAU,
+        "plateau_patience": 0,
+        "weight_decay": 1e-3,
+        "weight_decay_mask": "no_bias_norm",
+    }
     opt = nnx.Optimizer(model, optim.make_optimizer(cfg, 10, 100), wrt=nnx.Param)
     grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 3)))))(model)
     opt.update(model, grads)

@@ -19,20 +19,27 @@ def test_spec_round_trip_and_defaults():
     assert Policy.parse(None) == Policy.parse("auto") == Policy() and str(Policy()) == "auto"
     p = Policy.parse("auto, tapgrad_min_pixels=256,argmax_max_pool=False")
     assert (p.mode, p.tapgrad_min_pixels, p.argmax_max_pool) == ("auto", 256, False)
-    assert str(p) == "auto,tapgrad_min_pixels=256,argmax_max_pool=False" and Policy.parse(str(p)) == p
+    assert (
+        str(p) == "auto,tapgrad_min_pixels=256,argmax_max_pool=False" and Policy.parse(str(p)) == p
+    )
     assert Policy.parse({"mode": "xla"}) == Policy("xla") and Policy.parse(p) is p
-    assert hash(Policy.parse("cpu")) == hash(Policy("cpu"))  # a valid static (jit / NNX graphdef) value
+    assert hash(Policy.parse("cpu")) == hash(
+        Policy("cpu")
+    )  # a valid static (jit / NNX graphdef) value
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("gpu", "unknown compute mode 'gpu'; valid: auto, xla, cpu"),
-    ("auto,tapgrad=3", r"unknown field\(s\) tapgrad; valid: mode, im2col_max_pixels"),
-    ("auto,tapgrad_min_pixels", "is not field=value"),
-    ("auto,tapgrad_min_pixels=-1", "tapgrad_min_pixels must be an integer >= 0"),
-    ("auto,fold_pooled_linear=1", "fold_pooled_linear must be True or False"),
-    ("auto,im2col_max_rows=lots", "not a number or True/False"),
-    (3, "compute must be a policy spec"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("gpu", "unknown compute mode 'gpu'; valid: auto, xla, cpu"),
+        ("auto,tapgrad=3", r"unknown field\(s\) tapgrad; valid: mode, im2col_max_pixels"),
+        ("auto,tapgrad_min_pixels", "is not field=value"),
+        ("auto,tapgrad_min_pixels=-1", "tapgrad_min_pixels must be an integer >= 0"),
+        ("auto,fold_pooled_linear=1", "fold_pooled_linear must be True or False"),
+        ("auto,im2col_max_rows=lots", "not a number or True/False"),
+        (3, "compute must be a policy spec"),
+    ],
+)
 def test_bad_specs_are_one_line_config_errors(spec, words):
     with pytest.raises(ConfigError, match=words) as e:
         Policy.parse(spec)
@@ -44,12 +51,16 @@ def test_auto_resolves_per_platform_and_forced_modes_do_not():
     assert auto.resolve("cpu").mode == "cpu"
     for platform in ("cuda", "rocm", "tpu"):
         assert auto.resolve(platform).mode == "xla"
-    assert Policy("xla").resolve("cpu").mode == "xla" and Policy("cpu").resolve("cuda").mode == "cpu"
+    assert (
+        Policy("xla").resolve("cpu").mode == "xla" and Policy("cpu").resolve("cuda").mode == "cpu"
+    )
     assert auto.resolve("cuda").tapgrad_min_pixels == auto.tapgrad_min_pixels  # thresholds kept
     # Per layer: VGG-16's CPU table on CPU, lax.conv everywhere else.
     shapes = [(64, 32, 32, 3, 64), (64, 32, 32, 64, 64), (64, 8, 8, 256, 256), (64, 2, 2, 512, 512)]
     on = lambda platform, policy=auto: [  # noqa: E731
-        ops.conv_formulation(policy, platform, (n, h, w, c), (3, 3, c, o)) for n, h, w, c, o in shapes]
+        ops.conv_formulation(policy, platform, (n, h, w, c), (3, 3, c, o))
+        for n, h, w, c, o in shapes
+    ]
     assert on("cpu") == ["im2col", "rows", "tapgrad", "im2col"]
     assert on("cuda") == on("tpu") == on("cpu", Policy("xla")) == ["lax_conv"] * 4
     assert on("tpu", Policy("cpu")) == on("cpu")
@@ -67,15 +78,24 @@ def test_thresholds_move_the_cpu_choice():
 
 def _tiny(compute, bn=True):
     builder = vggjax.vgg11_bn if bn else vggjax.vgg11
-    return builder(num_classes=5, width=0.0625, dropout=0.0, head_options={"hidden": 16}, init="he_normal",
-                   compute=compute, rngs=nnx.Rngs(0))
+    return builder(
+        num_classes=5,
+        width=0.0625,
+        dropout=0.0,
+        head_options={"hidden": 16},
+        init="he_normal",
+        compute=compute,
+        rngs=nnx.Rngs(0),
+    )
 
 
 def _loss_and_grads(model, x):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params, rest):
-        logits = nnx.merge(graphdef, params, rest, copy=True)(x)  # training mode: BatchNorm on batch statistics
+        logits = nnx.merge(graphdef, params, rest, copy=True)(
+            x
+        )  # training mode: BatchNorm on batch statistics
         return jnp.sum(jnp.sin(logits) * jnp.arange(1.0, 6.0))
 
     return jax.jit(jax.value_and_grad(loss))(params, rest)
@@ -98,7 +118,8 @@ def test_every_policy_computes_the_same_values_and_gradients(bn):
     argmax pooling, the fc6 fold — against plain XLA ops, values and every gradient."""
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     (l_xla, g_xla), (l_cpu, g_cpu), (l_auto, g_auto) = (
-        _loss_and_grads(_tiny(c, bn), x) for c in ("xla", "cpu", "auto,tapgrad_min_pixels=16"))
+        _loss_and_grads(_tiny(c, bn), x) for c in ("xla", "cpu", "auto,tapgrad_min_pixels=16")
+    )
     for loss, grads in ((l_cpu, g_cpu), (l_auto, g_auto)):
         np.testing.assert_allclose(loss, l_xla, rtol=1e-4)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g_xla)):
@@ -117,8 +138,13 @@ def test_auto_on_cpu_is_the_cpu_program_with_no_conditional_left():
         np.testing.assert_array_equal(a, b)
     graphdef, state = nnx.split(auto)
     hlo = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile().as_text()
-    assert " conditional(" not in hlo and " call(" not in hlo  # no HLO conditional op (names in metadata aside)
-    assert " conditional(" in jax.jit(lambda p: jax.lax.cond(p, jnp.sin, jnp.cos, x)).lower(True).compile().as_text()
+    assert (
+        " conditional(" not in hlo and " call(" not in hlo
+    )  # no HLO conditional op (names in metadata aside)
+    assert (
+        " conditional("
+        in jax.jit(lambda p: jax.lax.cond(p, jnp.sin, jnp.cos, x)).lower(True).compile().as_text()
+    )
 
 
 def test_trainer_config_summary_and_reference_nets_take_the_policy():

@@ -30,13 +30,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from subproc import ROOT, cpu_env
+from train_helpers import tiny_config
 
 from vggjax import checkpoint, metrics, train
 from vggjax.errors import CheckpointError, WorkdirError
-
-from train_helpers import tiny_config
-from subproc import ROOT, cpu_env
-
 
 # --- killing and preempting the CLI ------------------------------------------------------
 
@@ -56,8 +54,13 @@ def get_config():
     return c
 """
 CLI_ARGS = [
-    "--config.progress=False", "--config.batch_size=16", "--config.log_every_steps=1",
-    f"--config.num_train_steps={STEPS}", "--config.eval_every_epochs=0.25", "--config.optim.learning_rate=0.02", "--config.optim.warmup_epochs=0.25",
+    "--config.progress=False",
+    "--config.batch_size=16",
+    "--config.log_every_steps=1",
+    f"--config.num_train_steps={STEPS}",
+    "--config.eval_every_epochs=0.25",
+    "--config.optim.learning_rate=0.02",
+    "--config.optim.warmup_epochs=0.25",
     "--config.keep_checkpoints=2",
 ]
 
@@ -68,9 +71,21 @@ def start(workdir, cache, *extra: str) -> subprocess.Popen:
         with open(config_file, "w") as f:
             f.write(TINY_NET_CONFIG)
     return subprocess.Popen(
-        [sys.executable, "-m", "vggjax.train", f"--config={config_file}", f"--workdir={workdir}",
-         f"--config.compilation_cache={cache}", *CLI_ARGS, *extra],
-        env=cpu_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "vggjax.train",
+            f"--config={config_file}",
+            f"--workdir={workdir}",
+            f"--config.compilation_cache={cache}",
+            *CLI_ARGS,
+            *extra,
+        ],
+        env=cpu_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -99,23 +114,31 @@ def signal_at(*targets: tuple[subprocess.Popen, object, int, int, bool]) -> list
                 continue
             if proc.poll() is not None:
                 out, err = proc.communicate()
-                raise AssertionError(f"the run ended (rc {proc.returncode}) before step {step} was signalled: {err[-2000:]}")
+                raise AssertionError(
+                    f"the run ended (rc {proc.returncode}) before step {step} was signalled: {err[-2000:]}"
+                )
             now = last_logged_step(workdir)
             ckpt_dir = os.path.join(workdir, "checkpoints")
-            ckpts = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+            ckpts = (
+                [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+            )
             if now >= step and (ckpts or not need_checkpoint):
                 proc.send_signal(sig)
                 reached[i] = now
         time.sleep(0.002)
     if len(reached) < len(targets):
-        raise AssertionError(f"a run hung before its step: reached {reached} of {[t[2] for t in targets]}")
+        raise AssertionError(
+            f"a run hung before its step: reached {reached} of {[t[2] for t in targets]}"
+        )
     return [reached[i] for i in range(len(targets))]
 
 
 def records(workdir, kind: str = "train") -> list[dict]:
     recs = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     # Wall-clock throughput differs between runs; everything else must be bit-identical.
-    return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in recs if r["kind"] == kind]
+    return [
+        {k: v for k, v in r.items() if k != "images_per_sec"} for r in recs if r["kind"] == kind
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +146,9 @@ def kill_runs(tmp_path_factory):
     """Uninterrupted, SIGKILLed-then-resumed and SIGTERMed-then-resumed runs of the same command."""
     base = tmp_path_factory.mktemp("kill")
     cache = str(base / "jax_cache")
-    seed = int(os.environ.get("VGGJAX_KILL_SEED") or random.randrange(2**32))  # set it to replay a failure's seed
+    seed = int(
+        os.environ.get("VGGJAX_KILL_SEED") or random.randrange(2**32)
+    )  # set it to replay a failure's seed
     rng = random.Random(seed)
     kill_step, term_step = rng.randint(7, STEPS - 12), rng.randint(3, STEPS - 12)
     full, killed, termed = base / "full", base / "killed", base / "termed"
@@ -132,8 +157,14 @@ def kill_runs(tmp_path_factory):
     k = start(killed, cache, "--config.checkpoint_every_steps=5")
     t = start(termed, cache, "--config.checkpoint_every_steps=1000")  # only the preemption saves
     try:
-        k_reached, t_reached = signal_at((k, killed, kill_step, signal.SIGKILL, True), (t, termed, term_step, signal.SIGTERM, False))
-        out = {name: (p.communicate(timeout=300), p.returncode) for name, p in (("full", ref), ("killed", k), ("termed", t))}
+        k_reached, t_reached = signal_at(
+            (k, killed, kill_step, signal.SIGKILL, True),
+            (t, termed, term_step, signal.SIGTERM, False),
+        )
+        out = {
+            name: (p.communicate(timeout=300), p.returncode)
+            for name, p in (("full", ref), ("killed", k), ("termed", t))
+        }
         kill_ckpts = sorted(int(d) for d in os.listdir(killed / "checkpoints") if d.isdigit())
         term_ckpts = sorted(int(d) for d in os.listdir(termed / "checkpoints") if d.isdigit())
         term_records = records(termed)
@@ -146,8 +177,20 @@ def kill_runs(tmp_path_factory):
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    return dict(seed=seed, full=full, killed=killed, termed=termed, out=out, kill_step=kill_step, k_reached=k_reached,
-                term_step=term_step, t_reached=t_reached, kill_ckpts=kill_ckpts, term_ckpts=term_ckpts, term_records=term_records)
+    return dict(
+        seed=seed,
+        full=full,
+        killed=killed,
+        termed=termed,
+        out=out,
+        kill_step=kill_step,
+        k_reached=k_reached,
+        term_step=term_step,
+        t_reached=t_reached,
+        kill_ckpts=kill_ckpts,
+        term_ckpts=term_ckpts,
+        term_records=term_records,
+    )
 
 
 @pytest.mark.slow
@@ -163,10 +206,14 @@ def test_sigkill_then_rerun_continues_bit_identically(kill_runs):
     assert rc == 0, err[-3000:]
     assert f"resumed from step {r['kill_ckpts'][-1]} " in out, out
     full, resumed = records(r["full"]), records(r["killed"])
-    assert [x["step"] for x in resumed] == list(range(1, STEPS + 1))  # steps after the checkpoint logged once
+    assert [x["step"] for x in resumed] == list(
+        range(1, STEPS + 1)
+    )  # steps after the checkpoint logged once
     # Bit-identical, step by step: data order, dropout RNG, optimizer and schedule state all restored.
     for a, b in zip(full, resumed):
-        assert a == b, f"seed {r['seed']}, killed at {r['k_reached']}: step {a['step']} differs: {a} vs {b}"
+        assert a == b, (
+            f"seed {r['seed']}, killed at {r['k_reached']}: step {a['step']} differs: {a} vs {b}"
+        )
     assert records(r["killed"], "eval") == records(r["full"], "eval")
     assert len(set(x["loss"] for x in full)) > STEPS // 2  # the losses really move
 
@@ -179,8 +226,15 @@ def test_sigterm_checkpoints_the_current_step_and_exits(kill_runs):
     assert "Traceback" not in err
     stopped = r["term_records"][-1]["step"]
     # The step in flight was finished, logged and checkpointed; nothing else was saved.
-    assert stopped >= r["t_reached"] and r["term_ckpts"] == [stopped], (r["seed"], r["term_ckpts"], stopped)
-    assert f"preempted (SIGTERM) at step {stopped}/{STEPS}: checkpoint saved in {r['termed'] / 'checkpoints'}/{stopped}; rerun the same command to resume" in out
+    assert stopped >= r["t_reached"] and r["term_ckpts"] == [stopped], (
+        r["seed"],
+        r["term_ckpts"],
+        stopped,
+    )
+    assert (
+        f"preempted (SIGTERM) at step {stopped}/{STEPS}: checkpoint saved in {r['termed'] / 'checkpoints'}/{stopped}; rerun the same command to resume"
+        in out
+    )
     (out2, err2), rc2 = r["out"]["termed_resume"]
     assert rc2 == 0, err2[-3000:]
     assert f"resumed from step {stopped} " in out2
@@ -194,9 +248,17 @@ def test_sigterm_checkpoints_the_current_step_and_exits(kill_runs):
 
 def digits(**overrides):
     """The tiny net of the CLI tests on the digits, in this process (1 device, evaluation only at the end)."""
-    base = dict(num_devices=1, batch_size=16, eval_batch_size=128, eval_every_epochs=100.0, keep_checkpoints=3)
+    base = dict(
+        num_devices=1,
+        batch_size=16,
+        eval_batch_size=128,
+        eval_every_epochs=100.0,
+        keep_checkpoints=3,
+    )
     c = tiny_config(**{**base, **overrides}).to_dict()
-    return ml_collections.ConfigDict({**c, "model": "net_dropout", "channels": 3, "model_options": {}})
+    return ml_collections.ConfigDict(
+        {**c, "model": "net_dropout", "channels": 3, "model_options": {}}
+    )
 
 
 def vgg_config(**overrides):
@@ -218,7 +280,9 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
     assert step_dirs(ckdir) == ["2", "4"]
     # Step 4's array files were truncated (the disk filled up under it) and a save of a
     # step 6 was killed half-way (an uncommitted tmp directory).
-    data_files = [p for p in (ckdir / "4" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    data_files = [
+        p for p in (ckdir / "4" / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+    ]
     assert data_files
     for p in data_files:
         os.truncate(p, 5)
@@ -239,7 +303,10 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
     assert again[:4] == first  # steps 3 and 4 trained again from step 2: the same bits
     assert step_dirs(ckdir) == ["2", "4", "6"] and not (ckdir / "6.orbax-checkpoint-tmp").exists()
     with checkpoint.Checkpointer(ckdir, read_only=True) as ckpt:
-        assert ckpt.read_meta(4) == {"step": 4, "model": "net_dropout"}  # the damaged step was rewritten
+        assert ckpt.read_meta(4) == {
+            "step": 4,
+            "model": "net_dropout",
+        }  # the damaged step was rewritten
 
 
 def _enospc(monkeypatch, fail_from_call: int = 1, gate: threading.Event | None = None):
@@ -266,7 +333,9 @@ def test_old_checkpoint_survives_until_the_new_one_is_committed(tmp_path, monkey
         ckpt.wait()
     # A slow commit: while step 2 is being written, step 1 (the only one kept) must stay.
     gate = threading.Event()
-    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", _gated(ocp.JsonCheckpointHandler._save_fn, gate))
+    monkeypatch.setattr(
+        ocp.JsonCheckpointHandler, "_save_fn", _gated(ocp.JsonCheckpointHandler._save_fn, gate)
+    )
     with checkpoint.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
         assert ckpt.save(2, {"w": state["w"] * 2}, {"s": 2})
         time.sleep(0.3)
@@ -363,24 +432,43 @@ def test_forward_order_follows_the_network():
     names = train.leaf_names(state.params)
     order = [names[i] for i in train.forward_order(graphdef, state, (1, 32, 32, 1))]
     assert sorted(order) == sorted(names) and len(order) == 38
-    assert order[:6] == ["features.conv1_1.kernel", "features.conv1_1.bias", "features.bn1_1.scale", "features.bn1_1.bias",
-                         "features.conv2_1.kernel", "features.conv2_1.bias"]
+    assert order[:6] == [
+        "features.conv1_1.kernel",
+        "features.conv1_1.bias",
+        "features.bn1_1.scale",
+        "features.bn1_1.bias",
+        "features.conv2_1.kernel",
+        "features.conv2_1.bias",
+    ]
     assert order[-2:] == ["head.fc8.kernel", "head.fc8.bias"]
-    assert names[:2] == ["features.bn1_1.bias", "features.bn1_1.scale"]  # what tree order would have said
+    assert names[:2] == [
+        "features.bn1_1.bias",
+        "features.bn1_1.scale",
+    ]  # what tree order would have said
 
 
 def test_describe_nonfinite_names_the_step_and_layer():
     names = ["features.conv1_1.kernel", "features.conv1_1.bias", "head.fc8.kernel"]
     m = dict(loss=float("nan"), lr=0.5, nonfinite_grad=1, nonfinite_param=0)
-    assert train.describe_nonfinite(7, m, names) == "step 7: loss nan, first non-finite gradient in features.conv1_1.bias (lr 0.5)"
+    assert (
+        train.describe_nonfinite(7, m, names)
+        == "step 7: loss nan, first non-finite gradient in features.conv1_1.bias (lr 0.5)"
+    )
     m = dict(loss=2.0, lr=1e38, nonfinite_grad=-1, nonfinite_param=2)
-    assert train.describe_nonfinite(3, m, names) == "step 3: gradients finite but the update made head.fc8.kernel non-finite (lr 1e+38)"
+    assert (
+        train.describe_nonfinite(3, m, names)
+        == "step 3: gradients finite but the update made head.fc8.kernel non-finite (lr 1e+38)"
+    )
 
 
 def test_rewind_metrics_drops_steps_after_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    lines = [{"step": s, "kind": "train", "loss": s} for s in range(1, 6)] + [{"step": 5, "kind": "summary"}]
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 6, "kind": "tr')  # killed mid-write
+    lines = [{"step": s, "kind": "train", "loss": s} for s in range(1, 6)] + [
+        {"step": 5, "kind": "summary"}
+    ]
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in lines) + '{"step": 6, "kind": "tr'
+    )  # killed mid-write
     assert train.rewind_metrics(str(path), 3) == 4
     assert [r["step"] for r in metrics.read_jsonl(str(path))] == [1, 2, 3]
     assert train.rewind_metrics(str(path), 3) == 0

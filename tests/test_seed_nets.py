@@ -58,14 +58,21 @@ def grads(model, x):
 
 
 def x_of(n, size, ch=3, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((n, size, size, ch)), jnp.float32)
+    return jnp.asarray(
+        np.random.default_rng(seed).standard_normal((n, size, size, ch)), jnp.float32
+    )
 
 
 SMALL = [
     ("net", lambda: S.Net(rngs=R(1)), 32, 2),
     ("net_dropout", lambda: S.NetDropout(8, rngs=R(1)), 32, 2),
     ("net_batchnorm", lambda: S.NetBatchNorm(8, rngs=R(1)), 32, 2),
-    ("net_res_deep_shared", lambda: S.NetResDeep(8, n_blocks=2, shared_block=True, rngs=R(1)), 32, 2),
+    (
+        "net_res_deep_shared",
+        lambda: S.NetResDeep(8, n_blocks=2, shared_block=True, rngs=R(1)),
+        32,
+        2,
+    ),
     ("two_conv_bn", lambda: S.TwoConvBN(rngs=R(1)), 16, 3),
 ]
 # WSDR, vgg16_fc_conv_400, OverFeatSlim, NetWidth/NetDepth/NetRes and independent-block
@@ -82,7 +89,9 @@ def test_forward_backward_under_jit(name, build, size, classes):
     assert any(float(jnp.abs(v).max()) > 0 for v in leaves)
     expected = (2, size, size, classes) if name == "two_conv_bn" else (2, classes)
     assert logits.shape == expected and logits.dtype == jnp.float32
-    assert set(feats) >= ({"conv2"} if name == "two_conv_bn" else {"conv1", "fc1", "fc2", "flatten"})
+    assert set(feats) >= (
+        {"conv2"} if name == "two_conv_bn" else {"conv1", "fc1", "fc2", "flatten"}
+    )
     # Frozen weights are not differentiated; everything else is.
     assert sum(int(np.prod(v.shape)) for v in leaves) == n_params(model)
 
@@ -93,7 +102,9 @@ def test_net_parameter_counts_in_torch_order():
     s = summarize(model, (1, 32, 32, 3), flops=False)
     assert [n for _, n in s.param_tensors] == [432, 16, 1152, 8, 16384, 32, 64, 2]
     assert [p for p, _ in s.param_tensors][:2] == ["conv1/kernel", "conv1/bias"]
-    assert n_params(nnx.eval_shape(lambda: S.NetWidth(rngs=nnx.Rngs(0)))) == 38386  # the book's figure
+    assert (
+        n_params(nnx.eval_shape(lambda: S.NetWidth(rngs=nnx.Rngs(0)))) == 38386
+    )  # the book's figure
 
 
 def test_book_net_variants():
@@ -110,7 +121,9 @@ def test_book_net_variants():
     _, fw = forward(width, x)
     assert fw["pool2"].shape == (2, 8, 8, 4) and fw["flatten"].shape == (2, 256) and "tanh3" in fw
     with pytest.raises(ShapeError, match="32x32"):
-        nnx.eval_shape(lambda m: m(jnp.zeros((1, 64, 64, 3))), nnx.eval_shape(lambda: S.Net(rngs=nnx.Rngs(0))))
+        nnx.eval_shape(
+            lambda m: m(jnp.zeros((1, 64, 64, 3))), nnx.eval_shape(lambda: S.Net(rngs=nnx.Rngs(0)))
+        )
 
 
 def test_net_dropout_drops_whole_channels():
@@ -121,7 +134,9 @@ def test_net_dropout_drops_whole_channels():
     zero = (dropped == 0).all(axis=(1, 2))  # (N, C): channel dropped everywhere
     assert 0 < zero.mean() < 1
     kept = ~zero
-    np.testing.assert_allclose(dropped.transpose(0, 3, 1, 2)[kept], pooled.transpose(0, 3, 1, 2)[kept] / 0.6, rtol=1e-5)
+    np.testing.assert_allclose(
+        dropped.transpose(0, 3, 1, 2)[kept], pooled.transpose(0, 3, 1, 2)[kept] / 0.6, rtol=1e-5
+    )
     model.eval()
     _, _, _, feats = run(model, x)
     np.testing.assert_array_equal(feats["conv1_dropout"], feats["pool1"])
@@ -138,7 +153,9 @@ def test_net_res_deep_shared_vs_independent():
     s = summarize(shared, (1, 32, 32, 3), flops=False)
     conv_rows = [r for r in s.rows if r.name.startswith("block_conv")]
     assert [r.name for r in conv_rows] == ["block_conv#1", "block_conv#2", "block_conv#3"]
-    assert [r.params for r in conv_rows] == [576, 0, 0] and {r.module for r in conv_rows} == {"block/conv"}
+    assert [r.params for r in conv_rows] == [576, 0, 0] and {r.module for r in conv_rows} == {
+        "block/conv"
+    }
     assert sum(r.params for r in s.rows) == s.total_params
     si = summarize(indep, (1, 32, 32, 3), flops=False)
     assert [r.params for r in si.rows if r.type == "Conv"] == [3 * 9 * 8 + 8] + [576] * 3
@@ -152,12 +169,16 @@ def test_res_block_init_and_independent_blocks_train():
         assert b.conv.bias is None
         std = float(jnp.std(b.conv.kernel.get_value()))
         assert abs(std - np.sqrt(2 / 72)) < 0.12 * np.sqrt(2 / 72)  # kaiming_normal, fan_in = 9·8
-    assert not np.allclose(model.block1.conv.kernel.get_value(), model.block2.conv.kernel.get_value())
+    assert not np.allclose(
+        model.block1.conv.kernel.get_value(), model.block2.conv.kernel.get_value()
+    )
     # The stem keeps PyTorch's default: U(±1/sqrt(fan_in)).
     assert float(jnp.abs(model.conv1.kernel.get_value()).max()) <= 1 / np.sqrt(27)
     _, g, _, feats = run(model, x_of(2, 32))
     assert float(jnp.abs(g["block1"]["conv"]["kernel"]).max()) > 0
-    np.testing.assert_allclose(feats["block2_add"], feats["block2_relu"] + feats["block1_add"], rtol=1e-6)
+    np.testing.assert_allclose(
+        feats["block2_add"], feats["block2_relu"] + feats["block1_add"], rtol=1e-6
+    )
     # A dict init may override the block's own init explicitly.
     zero = S.NetResDeep(8, n_blocks=1, init={"block*/conv": "zeros"}, rngs=R(0))
     assert float(jnp.abs(zero.block1.conv.kernel.get_value()).max()) == 0.0
@@ -167,8 +188,16 @@ def test_wsdr_structure_and_frozen_running_stats():
     # 224 input -> 14x14 map before the GAP (no pool after conv5).
     s = summarize(nnx.eval_shape(lambda: S.wsdr(rngs=nnx.Rngs(0))), (1, 224, 224, 3), flops=False)
     rows = {r.name: r for r in s.rows}
-    assert rows["score_relu"].shape == (1, 14, 14, 20) and rows["head_conv1"].shape == (1, 14, 14, 1024)
-    assert rows["head_conv1"].params == 9 * 512 * 1024 + 1024 and rows["score"].params == 9 * 1024 * 20 + 20
+    assert rows["score_relu"].shape == (1, 14, 14, 20) and rows["head_conv1"].shape == (
+        1,
+        14,
+        14,
+        1024,
+    )
+    assert (
+        rows["head_conv1"].params == 9 * 512 * 1024 + 1024
+        and rows["score"].params == 9 * 1024 * 20 + 20
+    )
     assert "pool5" not in rows and rows["gap"].shape == (1, 20) and "fc" not in rows
     model = S.wsdr(width=1 / 16, batch_norm=True, fc=True, rngs=R(1))
     assert model.features.bn1_1.momentum == 1.0 and model.features.bn1_1.epsilon == 1e-3
@@ -176,7 +205,9 @@ def test_wsdr_structure_and_frozen_running_stats():
     before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     model.train()
     _, g, logits, feats = run(model, x_of(2, 32) * 3 + 1)  # nnx.jit writes BatchStat updates back
-    assert logits.shape == (2, 20) and all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(g))
+    assert logits.shape == (2, 20) and all(
+        np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(g)
+    )
     after = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     jax.tree.map(np.testing.assert_array_equal, before, after)
     # Training mode still normalises with the batch statistics.
@@ -216,7 +247,9 @@ def test_overfeat_conv12_reads_input_leaves_conv11_untrained():
 def test_overfeat_pool_and_dropout_flags():
     x = x_of(4, 60)
     shape = lambda m: nnx.eval_shape(lambda m: m(x), m).shape  # noqa: E731
-    buggy = nnx.eval_shape(lambda: S.OverFeatSlim(width=1 / 16, pool_in_train_only=True, rngs=nnx.Rngs(0)))
+    buggy = nnx.eval_shape(
+        lambda: S.OverFeatSlim(width=1 / 16, pool_in_train_only=True, rngs=nnx.Rngs(0))
+    )
     assert shape(buggy) == (4, 3)
     buggy.eval()
     assert shape(buggy) == (4, 4, 4, 3)  # evaluation skips the pooling: a 4x4 score map
@@ -229,7 +262,9 @@ def test_overfeat_pool_and_dropout_flags():
     logits, feats = forward(drop, x)
     logits = np.asarray(logits)
     assert (logits == 0).any() and not (logits == 0).all()  # about half the logits are zeroed
-    np.testing.assert_array_equal(logits[logits != 0], 2 * np.asarray(feats["fc9"])[:, 0, 0][logits != 0])
+    np.testing.assert_array_equal(
+        logits[logits != 0], 2 * np.asarray(feats["fc9"])[:, 0, 0][logits != 0]
+    )
 
 
 def test_overfeat_init_and_extra_1x1():
@@ -245,7 +280,11 @@ def test_overfeat_init_and_extra_1x1():
     bound = np.sqrt(6 / (9 * 8 + 9 * 8))  # Xavier uniform for conv2 (8 -> 8 channels at width 1/16)
     w = np.asarray(m.conv2.kernel.get_value())
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
-    s = summarize(nnx.eval_shape(lambda: S.OverFeatSlim(extra_1x1=1, rngs=nnx.Rngs(0))), (1, 60, 60, 3), flops=False)
+    s = summarize(
+        nnx.eval_shape(lambda: S.OverFeatSlim(extra_1x1=1, rngs=nnx.Rngs(0))),
+        (1, 60, 60, 3),
+        flops=False,
+    )
     assert [r.name for r in s.rows][-6:] == ["fc7", "relu7", "fc7_1", "relu7_1", "avgpool", "fc9"]
     rows = {r.name: r for r in s.rows}
     assert rows["fc7_1"].params == 1024 * 1024 + 1024 and rows["fc6"].shape == (1, 4, 4, 512)
@@ -268,11 +307,32 @@ def test_two_conv_bn_init_runs():
 
 
 def test_registry_and_exports():
-    assert set(S.SEED_NETS) >= {"wsdr", "wsdr_bn", "vgg16_fc_conv_400", "net", "net_width", "net_dropout",
-                                "net_batchnorm", "net_depth", "net_res", "net_res_deep", "overfeat_slim",
-                                "two_conv_bn"}
-    for name in ("Net", "NetResDeep", "OverFeatSlim", "TwoConvBN", "wsdr", "vgg16_fc_conv_400", "SEED_NETS"):
+    assert set(S.SEED_NETS) >= {
+        "wsdr",
+        "wsdr_bn",
+        "vgg16_fc_conv_400",
+        "net",
+        "net_width",
+        "net_dropout",
+        "net_batchnorm",
+        "net_depth",
+        "net_res",
+        "net_res_deep",
+        "overfeat_slim",
+        "two_conv_bn",
+    }
+    for name in (
+        "Net",
+        "NetResDeep",
+        "OverFeatSlim",
+        "TwoConvBN",
+        "wsdr",
+        "vgg16_fc_conv_400",
+        "SEED_NETS",
+    ):
         assert getattr(vggjax, name) is getattr(S, name)
-    assert S.SEED_NETS["wsdr_bn"].input_size == 224 and S.SEED_NETS["overfeat_slim"].input_size == 60
+    assert (
+        S.SEED_NETS["wsdr_bn"].input_size == 224 and S.SEED_NETS["overfeat_slim"].input_size == 60
+    )
     model = nnx.eval_shape(lambda: S.SEED_NETS["wsdr_bn"](rngs=nnx.Rngs(0)))
     assert model.head.score_bn is not None

@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from train_helpers import NUM_CLASSES, run_steps, synthetic_batches, tiny_config
 
 from vggjax import initializers, optim, stepcache, train
-
-from train_helpers import NUM_CLASSES, run_steps, synthetic_batches, tiny_config
 
 
 def small_step():
@@ -23,14 +22,19 @@ def small_step():
     classes): the real step (BatchNorm statistics, SGD momentum) at a quarter of the tiny
     VGG's compile time, as this test compiles it four times. The 8-device test below runs
     the tiny VGG."""
-    config = tiny_config(num_devices=1, model="net_batchnorm", model_options=ml_collections.ConfigDict())
+    config = tiny_config(
+        num_devices=1, model="net_batchnorm", model_options=ml_collections.ConfigDict()
+    )
     tx = optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=3)
     graphdef, _, make = train.init_state(config, NUM_CLASSES, 3, tx)
     return train.make_train_step(graphdef, tx, "softmax_cross_entropy"), jax.jit(make)
 
 
 def batches(n=2):
-    return [jax.device_put({**b, "image": np.repeat(b["image"], 3, axis=-1)}) for b in synthetic_batches(n)]
+    return [
+        jax.device_put({**b, "image": np.repeat(b["image"], 3, axis=-1)})
+        for b in synthetic_batches(n)
+    ]
 
 
 def run(step_fn, make, n=2):
@@ -66,6 +70,7 @@ def test_exported_then_cached_step_equals_plain_jit(tmp_path):
     compiled = aot.lower(state, batches(1)[0]).compile()
     assert aot.source == "cache" and compiled.cost_analysis() is not None
     assert_same(run(compiled, make), plain)
+
 
 def test_metrics_only_step(tmp_path):
     def ev(state, batch):
@@ -140,8 +145,10 @@ def test_damaged_file_is_a_miss_and_is_rewritten(tmp_path):
     assert_same(toy_run(third), toy_plain())
     assert third.source == "cache"
     # A state of another structure than the exported one goes to plain jit, not to a wrong program.
-    assert_same(third({**toy_make(), "extra": jnp.ones(())}, {"x": jnp.ones((16, 8))})[1],
-                jax.jit(toy_step)(toy_make(), {"x": jnp.ones((16, 8))})[1])
+    assert_same(
+        third({**toy_make(), "extra": jnp.ones(())}, {"x": jnp.ones((16, 8))})[1],
+        jax.jit(toy_step)(toy_make(), {"x": jnp.ones((16, 8))})[1],
+    )
     # An unwritable cache directory (a path under a regular file) only loses the cache.
     blocked = tmp_path / "file"
     blocked.write_text("x")
@@ -184,11 +191,17 @@ def test_a_step_cached_under_one_compute_policy_is_not_reused_under_another(tmp_
         config = tiny_config(num_devices=1, compilation_cache=str(tmp_path), compute=compute)
         tx = optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=3)
         graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
-        key = json.dumps(config.to_dict(), sort_keys=True, default=repr)  # what the trainer's key is made of
-        runner, state = train._runner(config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", make(), False, key)
+        key = json.dumps(
+            config.to_dict(), sort_keys=True, default=repr
+        )  # what the trainer's key is made of
+        runner, state = train._runner(
+            config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", make(), False, key
+        )
         b = synthetic_batches(1)[0]
         _, m = runner.train_step(state, runner.put_batch(b))
-        steps.setdefault(compute, []).append((runner.train_step.source, runner.train_step.path, float(m["loss"])))
+        steps.setdefault(compute, []).append(
+            (runner.train_step.source, runner.train_step.path, float(m["loss"]))
+        )
     (auto_first, auto_again), (xla_first,) = steps["auto"], steps["xla"]
     assert auto_first[0] == "exported" and xla_first[0] == "exported" and auto_again[0] == "cache"
     assert xla_first[1] != auto_first[1] and auto_again[1] == auto_first[1]
@@ -203,7 +216,9 @@ def test_trainer_runner_with_export_cache_equals_plain_on_8_devices(tmp_path):
         config = tiny_config(num_devices=8, compilation_cache=str(tmp_path))
         tx = optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=3)
         graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
-        runner, state = train._runner(config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", make(), False, "tests")
+        runner, state = train._runner(
+            config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", make(), False, "tests"
+        )
         losses = []
         for b in synthetic_batches(3):
             state, m = runner.train_step(state, runner.put_batch(b))
@@ -211,4 +226,7 @@ def test_trainer_runner_with_export_cache_equals_plain_on_8_devices(tmp_path):
         assert runner.train_step.source == expected_source
         np.testing.assert_array_equal(losses, ref.losses)
         assert_same(jax.device_get(state), ref.final)
-        assert all(s.is_fully_replicated for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, state)))
+        assert all(
+            s.is_fully_replicated
+            for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, state))
+        )

@@ -25,10 +25,15 @@ def test_vgg16_fc_conv_400_reproduces_torchsummary():
     assert all(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree.leaves(nnx.state(model)))
     text = vggjax.summary(model, (1, 400, 400, 3), flops=False)
     lines = text.splitlines()
-    for expected in ("Total params: 333,502,275", "Trainable params: 318,787,587",
-                     "Non-trainable params: 14,714,688", "Input size (MB): 1.83",
-                     "Forward/backward pass size (MB): 696.55", "Params size (MB): 1272.21",
-                     "Estimated Total Size (MB): 1970.59"):
+    for expected in (
+        "Total params: 333,502,275",
+        "Trainable params: 318,787,587",
+        "Non-trainable params: 14,714,688",
+        "Input size (MB): 1.83",
+        "Forward/backward pass size (MB): 696.55",
+        "Params size (MB): 1272.21",
+        "Estimated Total Size (MB): 1970.59",
+    ):
         assert expected in lines
     rows = {line.split()[0]: line for line in lines if "(" in line and "[-1" in line}
     assert rows["fc6"].split()[-1] == "301,993,984" and "[-1, 1, 1, 4096]" in rows["fc6"]
@@ -51,7 +56,15 @@ def test_vgg16_and_vgg16_bn_totals():
     assert bn.total_params == 138_365_992  # BN scale and bias count; running statistics do not
     assert sum(v.size for v in jax.tree.leaves(nnx.state(bn_model, nnx.BatchStat))) == 8448
     assert bn.flops is None and "FLOPs" not in bn.table()
-    assert {r.type for r in bn.rows} >= {"Conv", "BatchNorm", "ReLU", "MaxPool", "Linear", "Dropout", "AvgPool"}
+    assert {r.type for r in bn.rows} >= {
+        "Conv",
+        "BatchNorm",
+        "ReLU",
+        "MaxPool",
+        "Linear",
+        "Dropout",
+        "AvgPool",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(S.SEED_NETS))
@@ -66,7 +79,9 @@ def test_every_seed_net_rows_account_for_all_params(name):
 
 
 def test_frozen_counts_as_non_trainable_and_gap_head_rows():
-    model = abstract(vggjax.vgg11, width=1 / 16, head="gap", num_classes=5, head_options={"hidden": [8]})
+    model = abstract(
+        vggjax.vgg11, width=1 / 16, head="gap", num_classes=5, head_options={"hidden": [8]}
+    )
     freeze(model, "features/conv1_1/*")
     s = summarize(model, (2, 32, 32, 3))
     assert s.non_trainable_params == 3 * 3 * 3 * 4 + 4
@@ -74,7 +89,9 @@ def test_frozen_counts_as_non_trainable_and_gap_head_rows():
     names = [r.name for r in s.rows]
     assert names[-5:] == ["pool5", "head_conv1", "head_relu1", "score", "gap"]  # execution order
     rows = {r.name: r for r in s.rows}
-    assert rows["head_conv1"].module == "head/conv1" and rows["head_conv1"].params == 32 * 8 + 8  # 1x1
+    assert (
+        rows["head_conv1"].module == "head/conv1" and rows["head_conv1"].params == 32 * 8 + 8
+    )  # 1x1
     assert rows["score"].type == "Conv" and rows["gap"].type == "GlobalAvgPool"
     assert "score_map" not in rows and rows["score"].shape == (2, 1, 1, 5)
     assert s.input_mb == pytest.approx(2 * 32 * 32 * 3 * 4 / 2**20)
@@ -93,24 +110,56 @@ def test_cli_list_and_errors(capsys):
     assert listed == set(vggjax.ARCHS) | set(S.SEED_NETS)
     assert main(["nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown model 'nope'; valid: ") and "\n" not in err and "vgg16_bn" in err
+    assert (
+        err.startswith("error: unknown model 'nope'; valid: ")
+        and "\n" not in err
+        and "vgg16_bn" in err
+    )
     assert main(["net", "--width", "2"]) == 2
     assert "has no option 'width'" in capsys.readouterr().err
     assert main(["net", "--no-flops"]) == 0
     assert "Total params: 18,090" in capsys.readouterr().out
-    assert main(["vgg11", "--width", "0.0625", "--num-classes", "10", "--head", "gap", "--input-size", "32",
-                 "--no-flops"]) == 0
+    assert (
+        main(
+            [
+                "vgg11",
+                "--width",
+                "0.0625",
+                "--num-classes",
+                "10",
+                "--head",
+                "gap",
+                "--input-size",
+                "32",
+                "--no-flops",
+            ]
+        )
+        == 0
+    )
     assert "[-1, 10]" in capsys.readouterr().out
 
 
 def test_cli_subprocess():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    bad = subprocess.run([sys.executable, "-m", "vggjax.summary", "vgg17"], capture_output=True, text=True,
-                         env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "vggjax.summary", "vgg17"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "unknown model 'vgg17'" in bad.stderr
-    ok = subprocess.run([sys.executable, "-m", "vggjax.summary", "vgg16"], capture_output=True, text=True,
-                        env=env, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "vggjax.summary", "vgg16"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
-    assert "Total params: 138,357,544" in ok.stdout and "FLOPs (forward, XLA cost analysis)" in ok.stdout
+    assert (
+        "Total params: 138,357,544" in ok.stdout
+        and "FLOPs (forward, XLA cost analysis)" in ok.stdout
+    )
     assert "RuntimeWarning" not in ok.stderr

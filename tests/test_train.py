@@ -20,14 +20,17 @@ import sys
 import jax
 import numpy as np
 import pytest
+from subproc import ROOT, cpu_env
+from train_helpers import NUM_CLASSES, run_steps, tiny_config
 
 from vggjax import stepcache, train
 from vggjax.errors import VggjaxError
 
-from train_helpers import NUM_CLASSES, run_steps, tiny_config
-from subproc import ROOT, cpu_env
-
-TINY = ["--config.model_options.width=0.0625", "--config.model_options.head_options.hidden=16", "--config.progress=False"]
+TINY = [
+    "--config.model_options.width=0.0625",
+    "--config.model_options.head_options.hidden=16",
+    "--config.progress=False",
+]
 
 
 def leaves(tree) -> list[np.ndarray]:
@@ -55,7 +58,9 @@ def test_pmap_batchnorm_uses_the_device_axis():
     graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
     state = jax.eval_shape(make)
     pmap_graphdef = train._with_batchnorm_axis(graphdef, state, "data")
-    model = train.nnx.merge(pmap_graphdef, state.params, state.frozen, state.batch_stats, state.rngs)
+    model = train.nnx.merge(
+        pmap_graphdef, state.params, state.frozen, state.batch_stats, state.rngs
+    )
     norms = [n for _, n in train.nnx.iter_graph(model) if isinstance(n, train.nnx.BatchNorm)]
     assert len(norms) == 8 and all(n.axis_name == "data" for n in norms)
 
@@ -91,12 +96,16 @@ def test_frozen_parameters_are_bit_identical_after_training():
     assert len(frozen_before) == 32
     for a, b in zip(frozen_before, frozen_after):
         assert a.dtype == b.dtype and np.array_equal(a, b)
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(initial.params)]
+    paths = [
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(initial.params)
+    ]
     assert paths and not any("features" in p for p in paths)
     for p, a, b in zip(paths, leaves(initial.params), leaves(final.params)):
         assert not np.array_equal(a, b), f"trainable {p} did not change"
     # BatchNorm running statistics are not parameters: they still follow the batches.
-    assert not all(np.array_equal(a, b) for a, b in zip(leaves(initial.batch_stats), leaves(final.batch_stats)))
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(leaves(initial.batch_stats), leaves(final.batch_stats))
+    )
 
 
 # --- train_and_evaluate: NaN policies, bad input ----------------------------------------
@@ -131,11 +140,16 @@ def test_nan_policy_skip_keeps_params_finite_and_finishes(tmp_path, capsys):
 
     # lr 1e38: the loss and gradients of every step are finite, but the update overflows
     # to infinite weights, so every step must be skipped.
-    config = digits_config(**{"nan_policy": "skip", "optim.learning_rate": 1e38, "checkpoint_every_steps": 1})
+    config = digits_config(
+        **{"nan_policy": "skip", "optim.learning_rate": 1e38, "checkpoint_every_steps": 1}
+    )
     summary = train.train_and_evaluate(config, str(tmp_path))
     assert summary["steps"] == 3
     out, err = capsys.readouterr()
-    assert "warning: skipped step 1: gradients finite but the update made features.conv2_1.kernel non-finite (lr 1e+38): the step's update was discarded\n" in err
+    assert (
+        "warning: skipped step 1: gradients finite but the update made features.conv2_1.kernel non-finite (lr 1e+38): the step's update was discarded\n"
+        in err
+    )
     assert "later skipped steps are only counted" in err
     assert "skipped 3 step(s) with non-finite values (nan_policy=skip): first 1, last 3" in out
     recs = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
@@ -155,7 +169,9 @@ def _fresh_state(config):
     from vggjax import data
 
     info = data.get_info(config.dataset)
-    tx = train.optim.make_optimizer(config.optim, steps_per_epoch=info.num_train_examples // config.batch_size, total_steps=3)
+    tx = train.optim.make_optimizer(
+        config.optim, steps_per_epoch=info.num_train_examples // config.batch_size, total_steps=3
+    )
     return train.init_state(config, info.num_classes, info.channels, tx)[2]()
 
 
@@ -163,7 +179,14 @@ def test_nan_policy_stop_names_the_step(tmp_path):
     # log_every_steps=3: the error must still name the first bad step (2), not the fetch
     # step, and the first layer (in the network's order) whose gradient is non-finite.
     # Checkpoints every step: step 1 (finite) is saved, step 2 is checked before its save.
-    config = digits_config(**{"optim.learning_rate": 1e30, "log_every_steps": 3, "num_train_steps": 3, "checkpoint_every_steps": 1})
+    config = digits_config(
+        **{
+            "optim.learning_rate": 1e30,
+            "log_every_steps": 3,
+            "num_train_steps": 3,
+            "checkpoint_every_steps": 1,
+        }
+    )
     with pytest.raises(VggjaxError) as e:
         train.train_and_evaluate(config, str(tmp_path))
     assert str(e.value) == (
@@ -184,27 +207,43 @@ def cli_cache(tmp_path_factory) -> str:
 def cli(*args: str, devices: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vggjax.train", *args],
-        env=cpu_env(devices), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env=cpu_env(devices),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def train_records(workdir) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         recs = [json.loads(line) for line in f if line.strip()]
-    return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in recs if r["kind"] == "train"]
+    return [
+        {k: v for k, v in r.items() if k != "images_per_sec"} for r in recs if r["kind"] == "train"
+    ]
 
 
 # The default config, as small as it goes; a constant learning rate so that a run of 3
 # steps continued to 6 follows the same schedule as a run of 6 (a cosine schedule depends
 # on the total number of steps).
-E2E = [*TINY, "--config.log_every_steps=1", "--config.optim.schedule=constant", "--config.optim.warmup_epochs=0",
-       "--config.optim.learning_rate=0.02"]
+E2E = [
+    *TINY,
+    "--config.log_every_steps=1",
+    "--config.optim.schedule=constant",
+    "--config.optim.warmup_epochs=0",
+    "--config.optim.learning_rate=0.02",
+]
 
 
 @pytest.fixture(scope="module")
 def e2e_run(tmp_path_factory, cli_cache):
     wd = tmp_path_factory.mktemp("e2e") / "run"
-    r = cli(f"--workdir={wd}", "--config.num_train_steps=6", f"--config.compilation_cache={cli_cache}", *E2E)
+    r = cli(
+        f"--workdir={wd}",
+        "--config.num_train_steps=6",
+        f"--config.compilation_cache={cli_cache}",
+        *E2E,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return wd, r
 
@@ -217,7 +256,9 @@ def test_cli_default_config_trains_end_to_end(e2e_run):
     losses = [x["loss"] for x in recs]
     assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
     assert (wd / "curves.png").stat().st_size > 1000
-    assert os.listdir(wd / "tensorboard") and any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
+    assert os.listdir(wd / "tensorboard") and any(
+        f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard")
+    )
     assert os.listdir(wd / "checkpoints") == ["6"]
     assert json.loads((wd / "config.json").read_text())["model"] == "vgg11_bn"
     assert "test accuracy" in r.stdout and "Traceback" not in r.stderr
@@ -237,7 +278,9 @@ def test_cli_resume_continues_exactly(e2e_run, tmp_path, cli_cache):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from step 3" in r.stdout
     # Same config as e2e_run's (another process): its exported train and eval steps were read, none written.
-    assert {f: os.stat(os.path.join(steps_dir, f)).st_mtime_ns for f in os.listdir(steps_dir)} == exported
+    assert {
+        f: os.stat(os.path.join(steps_dir, f)).st_mtime_ns for f in os.listdir(steps_dir)
+    } == exported
     assert len(exported) >= 4  # train + eval of e2e_run's config and of this 3-step one
     resumed = train_records(wd)
     assert [x["step"] for x in resumed] == [1, 2, 3, 4, 5, 6]

@@ -44,7 +44,9 @@ def tiny_config(**overrides):
     return c
 
 
-def synthetic_batches(steps: int, batch: int = GLOBAL_BATCH, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def synthetic_batches(
+    steps: int, batch: int = GLOBAL_BATCH, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """``steps`` global batches of N(0,1) 32x32x1 images with random labels (all valid)."""
     rng = np.random.default_rng(seed)
     return [
@@ -73,7 +75,9 @@ def _count_compile(event: str, duration: float, **kwargs: Any) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def run_steps(parallel: str = "jit", num_devices: int = 0, steps: int = 3, freeze: tuple[str, ...] = ()):
+def run_steps(
+    parallel: str = "jit", num_devices: int = 0, steps: int = 3, freeze: tuple[str, ...] = ()
+):
     """Train ``steps`` steps on ``synthetic_batches``; see :class:`Run`.
 
     Uses ``init_state`` and the trainer's own runner (``train._runner``: mesh-jit over
@@ -89,7 +93,9 @@ def run_steps(parallel: str = "jit", num_devices: int = 0, steps: int = 3, freez
     graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
     state = make()
     initial = jax.device_get(state)  # before any step can donate its buffers
-    runner, state = train._runner(config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", state, False, "tests")
+    runner, state = train._runner(
+        config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", state, False, "tests"
+    )
     n, i = jax.process_count(), jax.process_index()
     local = config.batch_size // n
     losses = []
@@ -98,7 +104,7 @@ def run_steps(parallel: str = "jit", num_devices: int = 0, steps: int = 3, freez
     start = _COMPILES[0]
     try:
         for batch in batches:
-            mine = {k: v[i * local:(i + 1) * local] for k, v in batch.items()}
+            mine = {k: v[i * local : (i + 1) * local] for k, v in batch.items()}
             state, metrics = runner.train_step(state, runner.put_batch(mine))
             losses.append(float(runner.fetch(metrics)["loss"]))
     finally:

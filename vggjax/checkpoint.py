@@ -109,9 +109,7 @@ class Checkpointer:
         read_only: bool = False,
     ) -> None:
         if max_to_keep is not None and max_to_keep < 1:
-            raise CheckpointError(
-                f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}"
-            )
+            raise CheckpointError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
         if save_interval_steps < 1:
             raise CheckpointError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
         self._check_finite = check_finite
@@ -134,7 +132,9 @@ class Checkpointer:
             preservation_policy=ocm.LatestN(max_to_keep),
             enable_async_checkpointing=async_save,
             read_only=read_only,
-            save_interval_steps=0 if read_only else 1,  # unused (policy above); 0 avoids a read-only warning
+            save_interval_steps=0
+            if read_only
+            else 1,  # unused (policy above); 0 avoids a read-only warning
             create=not read_only,
             # Remove tmp dirs a killed run left behind (orbax never lists them as steps).
             cleanup_tmp_directories=not read_only,
@@ -170,7 +170,12 @@ class Checkpointer:
     # --------------------------------------------------------------------- save
 
     def save(
-        self, step: int, state: PyTree, meta: Mapping[str, Any] | None = None, *, force: bool = False
+        self,
+        step: int,
+        state: PyTree,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        force: bool = False,
     ) -> bool:
         """Start saving ``state`` (any pytree of arrays) and JSON ``meta`` as ``step``.
 
@@ -182,7 +187,9 @@ class Checkpointer:
         """
         step = int(step)
         if self._read_only:
-            raise CheckpointError(f"{self.directory} was opened read-only; open a Checkpointer without read_only=True to save")
+            raise CheckpointError(
+                f"{self.directory} was opened read-only; open a Checkpointer without read_only=True to save"
+            )
         meta = dict(meta or {})
         try:
             json.dumps(meta)
@@ -194,7 +201,12 @@ class Checkpointer:
         latest = self.latest_step()
         if latest is not None and step <= latest:
             if step < latest:
-                log.warning("not saving step %d: %s already holds the newer step %d", step, self.directory, latest)
+                log.warning(
+                    "not saving step %d: %s already holds the newer step %d",
+                    step,
+                    self.directory,
+                    latest,
+                )
             return False
         if not force and not self._mngr.should_save(step):
             return False
@@ -227,7 +239,11 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - best effort: the message matters more
             pass
         committed = [s for s in self._mngr.all_steps() if s != step]
-        last = f"the last committed checkpoint, step {max(committed)}, is intact" if committed else "no earlier checkpoint exists"
+        last = (
+            f"the last committed checkpoint, step {max(committed)}, is intact"
+            if committed
+            else "no earlier checkpoint exists"
+        )
         reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
         return CheckpointError(
             f"could not write checkpoint step {step} to {self.directory}: {reason}; {last}: "
@@ -278,7 +294,11 @@ class Checkpointer:
     # ------------------------------------------------------------------ restore
 
     def restore(
-        self, abstract_state: PyTree, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None
+        self,
+        abstract_state: PyTree,
+        step: int | None = None,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> tuple[PyTree, dict[str, Any]]:
         """Load ``step`` (default: the newest readable one) into the structure of ``abstract_state``.
 
@@ -309,7 +329,9 @@ class Checkpointer:
         """Only the JSON ``meta`` of ``step`` (default: the newest readable step); no arrays."""
 
         def load(s: int) -> dict[str, Any]:
-            restored = self._mngr.restore(s, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
+            restored = self._mngr.restore(
+                s, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+            )
             return dict(restored[_META] or {})
 
         return self._with_fallback(step, load)
@@ -352,7 +374,9 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - damaged files surface as many error types
                 log.warning(
                     "checkpoint step %d in %s is unreadable (%s); trying the previous step",
-                    s, self.directory, _first_line(e),
+                    s,
+                    self.directory,
+                    _first_line(e),
                 )
                 failed.append(s)
                 last_error = e
@@ -360,7 +384,9 @@ class Checkpointer:
             if failed:
                 log.warning(
                     "restored step %d from %s instead of the damaged newer step(s) %s",
-                    s, self.directory, ", ".join(map(str, failed)),
+                    s,
+                    self.directory,
+                    ", ".join(map(str, failed)),
                 )
                 self._unreadable.update(failed)
                 self.damaged_steps = failed
@@ -383,7 +409,9 @@ def locate_init_from(directory: str | os.PathLike) -> tuple[epath.Path, int | No
     """
     root = _abs_path(directory)
     if not root.exists():
-        raise CheckpointError(f"--config.init_from={directory}: no such directory; point it at the --workdir of an earlier run")
+        raise CheckpointError(
+            f"--config.init_from={directory}: no such directory; point it at the --workdir of an earlier run"
+        )
     if not root.is_dir():
         raise CheckpointError(
             f"--config.init_from={directory} is a file, not a vggjax run directory; point it at the --workdir of an "
@@ -469,15 +497,25 @@ def restore_params_from(
                     ),
                 )
             got = ocp.tree.to_flat_dict(restored)
-            leaves = [_fit(got[source[p]], b) if p in source else leaf for (p, leaf), (_, b) in zip(_flat_with_paths(target), flat)]
+            leaves = [
+                _fit(got[source[p]], b) if p in source else leaf
+                for (p, leaf), (_, b) in zip(_flat_with_paths(target), flat)
+            ]
             if reshaped:
-                log.info("init_from %s: FC layers read as convolutions or back (same weights): %s", root, "; ".join(reshaped))
+                log.info(
+                    "init_from %s: FC layers read as convolutions or back (same weights): %s",
+                    root,
+                    "; ".join(reshaped),
+                )
             return jax.tree_util.tree_structure(target).unflatten(leaves), skipped
 
         tree, skipped = ckpt._with_fallback(step, load)
     if skipped:
         log.warning(
-            "init_from %s: kept %d leaves at their fresh init: %s", root, len(skipped), "; ".join(skipped)
+            "init_from %s: kept %d leaves at their fresh init: %s",
+            root,
+            len(skipped),
+            "; ".join(skipped),
         )
     return tree, skipped
 
@@ -536,7 +574,9 @@ def _fc_as_conv(have: tuple[int, ...], want: tuple[int, ...]) -> bool:
     """Whether a stored kernel and a model kernel are one layer as FC ``(kh·kw·C, K)`` and conv ``(kh, kw, C, K)``."""
     if len(have) == 2 and len(want) == 4:
         have, want = want, have
-    return len(have) == 4 and len(want) == 2 and math.prod(have[:3]) == want[0] and have[3] == want[1]
+    return (
+        len(have) == 4 and len(want) == 2 and math.prod(have[:3]) == want[0] and have[3] == want[1]
+    )
 
 
 def _replicated_abstract(leaf: Any, shape: tuple[int, ...]) -> Any:
@@ -581,7 +621,9 @@ def _bind_abstract_shardings(tree: PyTree, mesh: jax.sharding.Mesh | None) -> Py
         if not isinstance(x, jax.ShapeDtypeStruct):
             return x
         s = x.sharding
-        if not isinstance(s, jax.sharding.NamedSharding) or not isinstance(s.mesh, jax.sharding.AbstractMesh):
+        if not isinstance(s, jax.sharding.NamedSharding) or not isinstance(
+            s.mesh, jax.sharding.AbstractMesh
+        ):
             return x
         if mesh is not None and mesh.shape_tuple == s.mesh.shape_tuple:
             new = jax.sharding.NamedSharding(mesh, s.spec)
@@ -592,10 +634,16 @@ def _bind_abstract_shardings(tree: PyTree, mesh: jax.sharding.Mesh | None) -> Py
     return jax.tree.map(bind, tree)
 
 
-def _raise_on_mismatch(stored_tree: PyTree, target: PyTree, step: int, directory: epath.Path) -> None:
+def _raise_on_mismatch(
+    stored_tree: PyTree, target: PyTree, step: int, directory: epath.Path
+) -> None:
     have = _flat_shapes(stored_tree)
     want = {p: _stored_shape(x) for p, x in _flat_with_paths(target)}
-    shapes = [f"{_name(p)} {have[p]} in checkpoint vs {s} in model" for p, s in want.items() if p in have and have[p] != s]
+    shapes = [
+        f"{_name(p)} {have[p]} in checkpoint vs {s} in model"
+        for p, s in want.items()
+        if p in have and have[p] != s
+    ]
     missing = [f"{_name(p)} missing from checkpoint" for p in want if p not in have]
     extra = [f"{_name(p)} only in checkpoint" for p in have if p not in want]
     problems = shapes + missing + extra

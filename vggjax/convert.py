@@ -40,7 +40,7 @@ import os
 import re
 import sys
 import zipfile
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -126,12 +126,24 @@ def _entries(model: VGG, *, include_head: bool = True) -> list[_Entry]:
         if kind == "conv":
             k = layer.kernel
             h, w, cin, cout = k.get_value().shape
-            out.append(_Entry(f"features.{i}.weight", (cout, cin, h, w), k,
-                              lambda t: t.transpose(2, 3, 1, 0), lambda j: j.transpose(3, 2, 0, 1)))
+            out.append(
+                _Entry(
+                    f"features.{i}.weight",
+                    (cout, cin, h, w),
+                    k,
+                    lambda t: t.transpose(2, 3, 1, 0),
+                    lambda j: j.transpose(3, 2, 0, 1),
+                )
+            )
             out.append(_Entry(f"features.{i}.bias", (cout,), layer.bias, _same, _same))
         elif kind == "bn":
             n = layer.scale.get_value().shape[0]
-            for tkey, var in (("weight", layer.scale), ("bias", layer.bias), ("running_mean", layer.mean), ("running_var", layer.var)):
+            for tkey, var in (
+                ("weight", layer.scale),
+                ("bias", layer.bias),
+                ("running_mean", layer.mean),
+                ("running_var", layer.var),
+            ):
                 out.append(_Entry(f"features.{i}.{tkey}", (n,), var, _same, _same))
             out.append(_Entry(f"features.{i}.num_batches_tracked", (), None, _same, _same))
     head = _fc_head(model)
@@ -163,7 +175,9 @@ def _entries(model: VGG, *, include_head: bool = True) -> list[_Entry]:
                 def to_torch(j):
                     return j.reshape(j.shape[-2], j.shape[-1]).T
 
-            out.append(_Entry(f"classifier.{idx}.weight", (cout, cin), layer.kernel, to_jax, to_torch))
+            out.append(
+                _Entry(f"classifier.{idx}.weight", (cout, cin), layer.kernel, to_jax, to_torch)
+            )
             out.append(_Entry(f"classifier.{idx}.bias", (cout,), layer.bias, _same, _same))
     return out
 
@@ -212,7 +226,7 @@ def _plain_state_dict(obj: Any, origin: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, value in obj.items():
         name = str(key)
-        name = name[len("module."):] if name.startswith("module.") else name
+        name = name[len("module.") :] if name.startswith("module.") else name
         out[name] = _to_numpy(value, name, origin)
     return out
 
@@ -232,11 +246,15 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             from safetensors.numpy import load_file
         except ImportError:
-            raise CheckpointError("reading .safetensors needs the safetensors package: pip install 'vggjax[torch]'") from None
+            raise CheckpointError(
+                "reading .safetensors needs the safetensors package: pip install 'vggjax[torch]'"
+            ) from None
         try:
             return dict(load_file(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises several error types
-            raise CheckpointError(f"cannot read {path} as a safetensors file: {_first_line(e)}") from None
+            raise CheckpointError(
+                f"cannot read {path} as a safetensors file: {_first_line(e)}"
+            ) from None
     try:
         import torch
     except ImportError:
@@ -253,14 +271,18 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if not found:  # not a pickle of allowed types: a damaged or foreign file
             detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text)
             reason = detail.group(1) if detail else _first_line(e)
-            raise CheckpointError(f"cannot read {path} as a PyTorch state dict ({reason}); is it a torch.save file?") from None
+            raise CheckpointError(
+                f"cannot read {path} as a PyTorch state dict ({reason}); is it a torch.save file?"
+            ) from None
         what = f"a pickled {found.group(1)} object"
         raise CheckpointError(
             f"{path} is not a plain tensor state dict: it holds {what}, and vggjax never unpickles "
             "arbitrary objects; save torch.save(model.state_dict(), PATH) (or a .safetensors file) and convert that"
         ) from None
     except Exception as e:  # noqa: BLE001 - not a torch file at all: zip, EOF, magic-number errors
-        raise CheckpointError(f"cannot read {path} as a PyTorch state dict: {_first_line(e)}") from None
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch state dict: {_first_line(e)}"
+        ) from None
     return _plain_state_dict(obj, path)
 
 
@@ -272,7 +294,11 @@ _CONV_KEY = re.compile(r"^features\.(\d+)\.weight$")
 
 def _guess_torchvision_arch(sd: Mapping[str, np.ndarray]) -> str | None:
     """The ``ARCHS`` name whose layer layout the state dict has (any width), or None."""
-    convs = sorted((int(m.group(1)), sd[k].shape) for k in sd if (m := _CONV_KEY.match(k)) and np.ndim(sd[k]) == 4)
+    convs = sorted(
+        (int(m.group(1)), sd[k].shape)
+        for k in sd
+        if (m := _CONV_KEY.match(k)) and np.ndim(sd[k]) == 4
+    )
     if not convs:
         return None
     bn = f"features.{convs[0][0] + 1}.running_mean" in sd
@@ -303,7 +329,9 @@ def _shape(shape: Sequence[int]) -> str:
     return str(tuple(int(s) for s in shape))
 
 
-def _check_and_set(entries: list[_Entry], sd: Mapping[str, np.ndarray], arch: str, origin: str) -> None:
+def _check_and_set(
+    entries: list[_Entry], sd: Mapping[str, np.ndarray], arch: str, origin: str
+) -> None:
     """Compare ``sd`` with ``entries`` (first mismatch → CheckpointError) and copy the values in."""
     guess = _guess_torchvision_arch(sd)
     hint = _arch_hint(guess, arch)
@@ -325,7 +353,8 @@ def _check_and_set(entries: list[_Entry], sd: Mapping[str, np.ndarray], arch: st
             others = by_kind.get(group, [])
             there = (
                 f"; in its place the file has {others[ordinal]} with shape {_shape(np.shape(sd[others[ordinal]]))}"
-                if ordinal < len(others) else ""
+                if ordinal < len(others)
+                else ""
             )
             raise CheckpointError(
                 f"{origin} does not fit {arch}: missing key {e.key} (shape {_shape(e.shape)}){there}{hint}"
@@ -363,7 +392,11 @@ def _skeleton(factory: Callable[[nnx.Rngs], VGG], seed: int) -> VGG:
     filled = []
     for i, x in enumerate(leaves):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            filled.append(jax.random.split(jax.random.fold_in(base, i), x.shape) if x.shape else jax.random.fold_in(base, i))
+            filled.append(
+                jax.random.split(jax.random.fold_in(base, i), x.shape)
+                if x.shape
+                else jax.random.fold_in(base, i)
+            )
         elif x.size < 1024:
             filled.append(jnp.zeros(x.shape, x.dtype))
         else:
@@ -388,7 +421,9 @@ def _source_dict(source: Any) -> tuple[dict[str, np.ndarray], str]:
     if isinstance(source, (str, os.PathLike)):
         return load_torch_state_dict(source), os.fspath(source)
     if hasattr(source, "state_dict") and callable(source.state_dict):
-        return _plain_state_dict(source.state_dict(), f"the {type(source).__name__} module"), f"the {type(source).__name__} module"
+        return _plain_state_dict(
+            source.state_dict(), f"the {type(source).__name__} module"
+        ), f"the {type(source).__name__} module"
     return _plain_state_dict(source, "the state dict"), "the state dict"
 
 
@@ -465,13 +500,17 @@ def to_torchvision(model: VGG, *, as_numpy: bool = False) -> "collections.Ordere
     raises ConfigError.
     """
     if _fc_head(model) is None:
-        raise ConfigError("to_torchvision needs an 'fc' or 'fc_conv' head (torchvision's classifier); this model has a 'gap' head")
+        raise ConfigError(
+            "to_torchvision needs an 'fc' or 'fc_conv' head (torchvision's classifier); this model has a 'gap' head"
+        )
     out: collections.OrderedDict[str, Any] = collections.OrderedDict()
     for e in _entries(model):
         if e.variable is None:
             out[e.key] = np.array(0, np.int64)
         else:
-            out[e.key] = np.array(e.to_torch(np.asarray(e.variable.get_value())), order="C")  # writable, contiguous
+            out[e.key] = np.array(
+                e.to_torch(np.asarray(e.variable.get_value())), order="C"
+            )  # writable, contiguous
     if as_numpy:
         return out
     import torch
@@ -507,7 +546,9 @@ def _h5_tensors(h5: Any, origin: str) -> list[tuple[str, list[np.ndarray]]]:
     for raw in root.attrs["layer_names"]:
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
         g = root[name]
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+        names = [
+            n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])
+        ]
         if names:
             out.append((name, [np.asarray(g[n]) for n in names]))
     return out
@@ -526,7 +567,9 @@ def _keras_tensors(source: Any) -> tuple[list[tuple[str, list[np.ndarray]]], str
             if zipfile.is_zipfile(path):
                 with zipfile.ZipFile(path) as z:
                     if "model.weights.h5" not in z.namelist():
-                        raise CheckpointError(f"{path} is a zip file without model.weights.h5: not a .keras model file")
+                        raise CheckpointError(
+                            f"{path} is a zip file without model.weights.h5: not a .keras model file"
+                        )
                     data = io.BytesIO(z.read("model.weights.h5"))
                 with h5py.File(data, "r") as h5:
                     return _h5_tensors(h5, path), path
@@ -535,10 +578,14 @@ def _keras_tensors(source: Any) -> tuple[list[tuple[str, list[np.ndarray]]], str
         except VggjaxError:
             raise
         except Exception as e:  # noqa: BLE001 - h5py raises OSError/KeyError on foreign files
-            raise CheckpointError(f"cannot read {path} as a Keras weights file: {_first_line(e)}") from None
+            raise CheckpointError(
+                f"cannot read {path} as a Keras weights file: {_first_line(e)}"
+            ) from None
     layers = getattr(source, "layers", None)
     if layers is None:
-        raise CheckpointError(f"expected a Keras model or a Keras weights file, got a {type(source).__name__}")
+        raise CheckpointError(
+            f"expected a Keras model or a Keras weights file, got a {type(source).__name__}"
+        )
     out = [(layer.name, [np.asarray(w) for w in layer.get_weights()]) for layer in layers]
     return [(n, w) for n, w in out if w], f"the Keras model {getattr(source, 'name', '')!r}"
 
@@ -567,16 +614,22 @@ def from_keras(
     dense = [(n, w) for n, w in layers if len(w) == 2 and np.ndim(w[0]) == 2]
     other = [n for n, w in layers if not (len(w) == 2 and np.ndim(w[0]) in (2, 4))]
     if other:
-        raise CheckpointError(f"{origin} has a layer {other[0]!r} that VGG does not have (only conv and dense layers)")
+        raise CheckpointError(
+            f"{origin} has a layer {other[0]!r} that VGG does not have (only conv and dense layers)"
+        )
     guess = _KERAS_ARCHS.get(len(convs))
     arch = arch or guess
     if arch is None:
-        raise CheckpointError(f"{origin} has {len(convs)} conv layers; Keras VGG16 has 13 and VGG19 16")
+        raise CheckpointError(
+            f"{origin} has {len(convs)} conv layers; Keras VGG16 has 13 and VGG19 16"
+        )
     _check_arch(arch)
     if ARCHS[arch][1]:
         raise ConfigError(f"Keras has no BatchNorm VGG; use --arch vgg16 or vgg19, not {arch}")
     if len(dense) not in (0, 3):
-        raise CheckpointError(f"{origin} has {len(dense)} dense layers; a VGG top has 3 (fc1, fc2, predictions), a headless model 0")
+        raise CheckpointError(
+            f"{origin} has {len(dense)} dense layers; a VGG top has 3 (fc1, fc2, predictions), a headless model 0"
+        )
     has_head = bool(dense)
     head_options: dict[str, Any] = {}
     classes = num_classes or 1000
@@ -584,7 +637,10 @@ def from_keras(
         last = convs[-1][1][0].shape[-1] if convs else 512
         fc1 = dense[0][1][0]
         pool = math.isqrt(max(1, fc1.shape[0] // last))
-        head_options = {"hidden": int(fc1.shape[1]), "pool_size": pool if pool * pool * last == fc1.shape[0] else 7}
+        head_options = {
+            "hidden": int(fc1.shape[1]),
+            "pool_size": pool if pool * pool * last == fc1.shape[0] else 7,
+        }
         classes = int(dense[2][1][0].shape[1])
     model = _make(
         has_head,
@@ -622,7 +678,9 @@ def from_keras(
         )
     if len(convs) > n_conv:
         kname, (kernel, _) = convs[n_conv]
-        raise CheckpointError(f"{origin} does not fit {arch}: unknown layer {kname} with kernel {_shape(kernel.shape)}{hint}")
+        raise CheckpointError(
+            f"{origin} does not fit {arch}: unknown layer {kname} with kernel {_shape(kernel.shape)}{hint}"
+        )
     for layer, (_, (kernel, bias)) in zip(targets, convs + dense):
         layer.kernel.set_value(jnp.asarray(kernel, layer.kernel.get_value().dtype))
         layer.bias.set_value(jnp.asarray(bias, layer.bias.get_value().dtype))
@@ -673,7 +731,9 @@ def to_fc_conv(model: VGG, *, return_map: bool = False, seed: int = 0) -> VGG:
     logits, or returned as ``(N, h, w, classes)`` with ``return_map``). Eval mode.
     """
     if not isinstance(model.head, FCHead):
-        raise ConfigError(f"to_fc_conv needs a model with an 'fc' head, got a {type(model.head).__name__}")
+        raise ConfigError(
+            f"to_fc_conv needs a model with an 'fc' head, got a {type(model.head).__name__}"
+        )
     opts = _rebuild_options(model)
     cfg = opts.pop("cfg")
     head = model.head
@@ -681,7 +741,11 @@ def to_fc_conv(model: VGG, *, return_map: bool = False, seed: int = 0) -> VGG:
         lambda rngs: VGG(
             cfg,
             head="fc_conv",
-            head_options={"hidden": int(head.fc7.kernel.get_value().shape[0]), "kernel_size": head.pool_size, "return_map": return_map},
+            head_options={
+                "hidden": int(head.fc7.kernel.get_value().shape[0]),
+                "kernel_size": head.pool_size,
+                "return_map": return_map,
+            },
             init="zeros",
             rngs=rngs,
             **opts,
@@ -711,7 +775,13 @@ def _weights_tree(model: VGG, include_head: bool) -> dict[str, Any]:
     return tree
 
 
-def save(model: VGG, directory: str | os.PathLike, *, meta: Mapping[str, Any] | None = None, include_head: bool | None = None) -> str:
+def save(
+    model: VGG,
+    directory: str | os.PathLike,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    include_head: bool | None = None,
+) -> str:
     """Write ``model``'s weights as a vggjax checkpoint in ``directory`` (returns its absolute path).
 
     Layout: ``directory/checkpoints/0/`` with the trainer's state names (``params``,
@@ -725,16 +795,24 @@ def save(model: VGG, directory: str | os.PathLike, *, meta: Mapping[str, Any] | 
 
     directory = os.path.abspath(os.fspath(directory))
     if os.path.isdir(directory) and os.listdir(directory):
-        raise CheckpointError(f"--output {directory} exists and is not empty; choose a new directory")
+        raise CheckpointError(
+            f"--output {directory} exists and is not empty; choose a new directory"
+        )
     if include_head is None:
         include_head = getattr(model, "has_imported_head", True)
     opts = _rebuild_options(model)
     head = model.head
     head_options: dict[str, Any] = {}
     if isinstance(head, FCHead):
-        head_options = {"hidden": int(head.fc7.kernel.get_value().shape[0]), "pool_size": head.pool_size}
+        head_options = {
+            "hidden": int(head.fc7.kernel.get_value().shape[0]),
+            "pool_size": head.pool_size,
+        }
     elif isinstance(head, ConvHead):
-        head_options = {"hidden": int(head.fc7.kernel.get_value().shape[-1]), "kernel_size": head.kernel_size}
+        head_options = {
+            "hidden": int(head.fc7.kernel.get_value().shape[-1]),
+            "kernel_size": head.kernel_size,
+        }
     info = {
         "format": FORMAT,
         "arch": model.name if model.name in ARCHS else None,
@@ -746,10 +824,14 @@ def save(model: VGG, directory: str | os.PathLike, *, meta: Mapping[str, Any] | 
         "head_options": head_options,
         "width": (opts["cfg"][0] / 64) if opts["cfg"] else 1.0,
         "has_head": bool(include_head),
-        "parameters": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Any(nnx.Param, Frozen))))),
+        "parameters": int(
+            sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Any(nnx.Param, Frozen))))
+        ),
         **dict(meta or {}),
     }
-    with Checkpointer(os.path.join(directory, "checkpoints"), max_to_keep=None, async_save=False) as ckpt:
+    with Checkpointer(
+        os.path.join(directory, "checkpoints"), max_to_keep=None, async_save=False
+    ) as ckpt:
         ckpt.save(0, _weights_tree(model, include_head), info, force=True)
         ckpt.wait()
     return directory
@@ -766,11 +848,16 @@ def load(directory: str | os.PathLike, *, seed: int = 0) -> VGG:
 
     root = os.path.join(os.path.abspath(os.fspath(directory)), "checkpoints")
     if not os.path.isdir(root):
-        raise CheckpointError(f"{directory} holds no vggjax.convert output (no checkpoints/ directory)")
+        raise CheckpointError(
+            f"{directory} holds no vggjax.convert output (no checkpoints/ directory)"
+        )
     with Checkpointer(root, read_only=True) as ckpt:
         info = ckpt.read_meta()
     if info.get("format") != FORMAT:
-        raise CheckpointError(f"{directory} is not a vggjax.convert output (meta format {info.get('format')!r}); build the model and use restore_params_from")
+        raise CheckpointError(
+            f"{directory} is not a vggjax.convert output (meta format {info.get('format')!r}); build the model and use restore_params_from"
+        )
+
     def factory(rngs: nnx.Rngs, init: str = "zeros") -> VGG:
         return VGG(
             info["cfg"],
@@ -802,11 +889,28 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert torchvision or Keras VGG weights into a vggjax checkpoint that "
         "`python -m vggjax.train --config.init_from=OUTPUT` fine-tunes from.",
     )
-    p.add_argument("--from", dest="source", required=True, choices=("torchvision", "keras"), help="the framework that wrote --input")
-    p.add_argument("--arch", required=True, choices=sorted(ARCHS), help="VGG architecture of the weights")
-    p.add_argument("--input", required=True, help="torchvision: .pth/.pt state dict or .safetensors; keras: .weights.h5, .keras or legacy .h5")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        choices=("torchvision", "keras"),
+        help="the framework that wrote --input",
+    )
+    p.add_argument(
+        "--arch", required=True, choices=sorted(ARCHS), help="VGG architecture of the weights"
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help="torchvision: .pth/.pt state dict or .safetensors; keras: .weights.h5, .keras or legacy .h5",
+    )
     p.add_argument("--output", required=True, help="new directory for the vggjax checkpoint")
-    p.add_argument("--head", choices=("fc", "fc_conv"), default="fc", help="fc_conv: port fc6-fc8 to 7x7 and 1x1 convs (dense evaluation)")
+    p.add_argument(
+        "--head",
+        choices=("fc", "fc_conv"),
+        default="fc",
+        help="fc_conv: port fc6-fc8 to 7x7 and 1x1 convs (dense evaluation)",
+    )
     return p
 
 
@@ -825,19 +929,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         has_head = model.has_imported_head
         if args.head == "fc_conv":
             if not has_head:
-                raise ConfigError(f"{args.input} has no classifier to port: --head fc_conv needs weights with the top (fc) layers")
+                raise ConfigError(
+                    f"{args.input} has no classifier to port: --head fc_conv needs weights with the top (fc) layers"
+                )
             model = to_fc_conv(model)
-        out = save(model, args.output, meta={"source": args.source, "input": os.path.abspath(args.input), "preprocessing": PREPROCESSING[args.source]})
+        out = save(
+            model,
+            args.output,
+            meta={
+                "source": args.source,
+                "input": os.path.abspath(args.input),
+                "preprocessing": PREPROCESSING[args.source],
+            },
+        )
     except VggjaxError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         sys.exit(2)
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     what = f"{model.num_classes} classes" if has_head else "backbone only (no top layers)"
-    print(f"converted {args.arch} from {args.source} ({n:,} parameters, {what}, head {args.head}) -> {out}")
+    print(
+        f"converted {args.arch} from {args.source} ({n:,} parameters, {what}, head {args.head}) -> {out}"
+    )
     mode = PREPROCESSING[args.source]
-    print(f"inputs: vggjax.features.normalize(images, {mode!r}) (" + (
-        "RGB in [0, 1], ImageNet mean/std)" if mode == "torch" else "RGB in [0, 1] -> BGR 0..255 minus the ImageNet mean)"))
-    print(f"fine-tune: python -m vggjax.train --config=vggjax/configs/finetune.py --config.model={args.arch} --config.init_from={out}")
+    print(
+        f"inputs: vggjax.features.normalize(images, {mode!r}) ("
+        + (
+            "RGB in [0, 1], ImageNet mean/std)"
+            if mode == "torch"
+            else "RGB in [0, 1] -> BGR 0..255 minus the ImageNet mean)"
+        )
+    )
+    print(
+        f"fine-tune: python -m vggjax.train --config=vggjax/configs/finetune.py --config.model={args.arch} --config.init_from={out}"
+    )
     return 0
 
 

@@ -80,7 +80,11 @@ def _flatten(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
     """
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if len(path) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name in _VARIABLE_ATTRS:
+        if (
+            len(path) > 1
+            and isinstance(path[-1], jax.tree_util.GetAttrKey)
+            and path[-1].name in _VARIABLE_ATTRS
+        ):
             path = path[:-1]
         out.append((tuple(_key_name(k) for k in path), leaf))
     return out
@@ -373,7 +377,9 @@ def by_layer(
     names = [n for n, _ in items]
     # A key is a layer total when another key extends it by "/<leaf>".
     parents = {n.rsplit("/", 1)[0] for n in names if "/" in n} & set(names)
-    children = {n for n in names if n not in parents and "/" in n and n.rsplit("/", 1)[0] in parents}
+    children = {
+        n for n in names if n not in parents and "/" in n and n.rsplit("/", 1)[0] in parents
+    }
     if leaves:
         items = [(n, v) for n, v in items if n not in parents]
     else:
@@ -412,7 +418,9 @@ def summarize_table(stats: Mapping[str, Any], *, order: Sequence[str] | None = N
     feat_set = set(feat_rows)
     param_layers = list(dict.fromkeys(list(grad) + list(wmean)))
 
-    rows: list[tuple[str, str | None, str | None]] = [(f, f, None) for f in feat_rows]  # (label, feat, layer)
+    rows: list[tuple[str, str | None, str | None]] = [
+        (f, f, None) for f in feat_rows
+    ]  # (label, feat, layer)
     where = {f: i for i, f in enumerate(feat_rows)}
     last = -1
     for layer in param_layers:
@@ -443,7 +451,10 @@ def summarize_table(stats: Mapping[str, Any], *, order: Sequence[str] | None = N
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in table
+    ]
     lines.insert(1, "-" * len(lines[0]))
     if "global_grad_norm" in vals:
         lines.append(f"global grad norm: {_fmt(vals['global_grad_norm'])}")

@@ -20,7 +20,6 @@ from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from vggjax.errors import ConfigError, ShapeError
 from vggjax.models.vgg import VGG
@@ -44,9 +43,13 @@ def normalize(images: Array, mode: str = "torch") -> Array:
     if mode == "none":
         return images
     if images.shape[-1] != 3:
-        raise ShapeError(f"normalize({mode!r}) needs RGB images (N, H, W, 3), got shape {tuple(images.shape)}")
+        raise ShapeError(
+            f"normalize({mode!r}) needs RGB images (N, H, W, 3), got shape {tuple(images.shape)}"
+        )
     if mode == "torch":
-        return (images - jnp.asarray(IMAGENET_MEAN, images.dtype)) / jnp.asarray(IMAGENET_STD, images.dtype)
+        return (images - jnp.asarray(IMAGENET_MEAN, images.dtype)) / jnp.asarray(
+            IMAGENET_STD, images.dtype
+        )
     if mode == "caffe":
         return images[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, images.dtype)
     raise ConfigError(f"unknown normalize mode {mode!r}; valid: {', '.join(NORMALIZE_MODES)}")
@@ -75,9 +78,13 @@ def extract(
     names = tap_names(model)
     unknown = [t for t in taps if t not in names]
     if unknown:
-        raise ConfigError(f"unknown feature tap(s) {', '.join(map(repr, unknown))}; valid: {', '.join(names)}")
+        raise ConfigError(
+            f"unknown feature tap(s) {', '.join(map(repr, unknown))}; valid: {', '.join(names)}"
+        )
     if images.ndim != 4 or images.shape[-1] != model.in_channels:
-        raise ShapeError(f"extract needs NHWC images (N, H, W, {model.in_channels}), got shape {tuple(images.shape)}")
+        raise ShapeError(
+            f"extract needs NHWC images (N, H, W, {model.in_channels}), got shape {tuple(images.shape)}"
+        )
     x = normalize(images, normalize_mode)
     last = max(names.index(t) for t in taps) if taps else -1
     wanted = set(taps)
@@ -137,7 +144,9 @@ def perceptual_loss(
     running statistics.
     """
     if images.shape != targets.shape:
-        raise ShapeError(f"perceptual_loss needs images and targets of one shape, got {tuple(images.shape)} and {tuple(targets.shape)}")
+        raise ShapeError(
+            f"perceptual_loss needs images and targets of one shape, got {tuple(images.shape)} and {tuple(targets.shape)}"
+        )
     if weights is None:
         w = [1.0] * len(taps)
     elif isinstance(weights, Mapping):

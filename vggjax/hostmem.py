@@ -53,7 +53,11 @@ def hugepages_env(environ: dict[str, str] | None = None) -> dict[str, str] | Non
     environ = dict(os.environ if environ is None else environ)
     if environ.get(OPT_OUT, "1") == "0":
         return None
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc" or _thp_mode() != "madvise":
+    if (
+        not sys.platform.startswith("linux")
+        or platform.libc_ver()[0] != "glibc"
+        or _thp_mode() != "madvise"
+    ):
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:

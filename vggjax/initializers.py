@@ -223,7 +223,9 @@ def _parse_call(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
     """Split ``"name(a, k=v)"`` into ("name", [a], {k: v}); bare words are strings."""
     m = _CALL.match(spec)
     if not m:
-        raise ConfigError(f"cannot parse initializer {spec!r}; write e.g. 'he_normal' or 'normal(0.01)'")
+        raise ConfigError(
+            f"cannot parse initializer {spec!r}; write e.g. 'he_normal' or 'normal(0.01)'"
+        )
     name, arg_text = m.group(1), m.group(2)
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
@@ -231,7 +233,9 @@ def _parse_call(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
         try:
             call = ast.parse(f"f({arg_text})", mode="eval").body
         except SyntaxError as e:
-            raise ConfigError(f"cannot parse the arguments of initializer {spec!r}: {e.msg}") from None
+            raise ConfigError(
+                f"cannot parse the arguments of initializer {spec!r}: {e.msg}"
+            ) from None
 
         def value(node):
             if isinstance(node, ast.Name):  # he_normal(fan_out) without quotes
@@ -299,7 +303,9 @@ def _fast_key(key: Array) -> Array:
     return jax.random.wrap_key_data(jnp.concatenate([data, data])[:4], impl="rbg")
 
 
-def _draw(fn: Callable[..., Array], key: Array, *, shape: tuple[int, ...], dtype, **kwargs) -> Array:
+def _draw(
+    fn: Callable[..., Array], key: Array, *, shape: tuple[int, ...], dtype, **kwargs
+) -> Array:
     return fn(key, shape, dtype, **kwargs)
 
 
@@ -342,7 +348,9 @@ def apply(
     """
     bad = [p for p in (init, bias_init) if isinstance(p, Mapping) and not p]
     if bad:
-        raise ConfigError("an initializer dict must map at least one glob pattern to an initializer")
+        raise ConfigError(
+            "an initializer dict must map at least one glob pattern to an initializer"
+        )
     # Collect every draw first, then make them all in ONE jitted program: drawing eagerly
     # compiles a separate XLA program per parameter shape, which dominated model build time.
     tasks: list[tuple[nnx.Variable, Callable[[Array], Array]]] = []
@@ -358,10 +366,19 @@ def apply(
             if bias_spec is not None:
                 bias_fn = get_bias(bias_spec)
             else:
-                bias_fn = (scheme.conv_bias if is_conv else scheme.linear_bias) or _as_bias(_constant(0.0))
+                bias_fn = (scheme.conv_bias if is_conv else scheme.linear_bias) or _as_bias(
+                    _constant(0.0)
+                )
             b = layer.bias
             bshape, bdtype = b.get_value().shape, b.get_value().dtype
-            tasks.append((b, functools.partial(_draw, bias_fn, shape=bshape, dtype=bdtype, fan_in=fans(shape)[0])))
+            tasks.append(
+                (
+                    b,
+                    functools.partial(
+                        _draw, bias_fn, shape=bshape, dtype=bdtype, fan_in=fans(shape)[0]
+                    ),
+                )
+            )
     if not tasks:
         return model
     keys = [_fast_key(rngs.params()) for _ in tasks]

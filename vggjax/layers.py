@@ -100,7 +100,13 @@ def conv(
 
 
 def linear(
-    in_f: int, out_f: int, *, use_bias: bool = True, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs
+    in_f: int,
+    out_f: int,
+    *,
+    use_bias: bool = True,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
 ) -> nnx.Linear:
     """An ``nnx.Linear`` with zero-initialised parameters (see module docstring)."""
     return nnx.Linear(

@@ -52,7 +52,10 @@ class LinenVGG(VGG):
         if arch not in ARCHS:
             raise one_of("architecture", arch, ARCHS)
         cfg, bn = ARCHS[arch]
-        opts = {k: (dict(v) if isinstance(v, (FrozenDict, dict)) else v) for k, v in dict(options).items()}
+        opts = {
+            k: (dict(v) if isinstance(v, (FrozenDict, dict)) else v)
+            for k, v in dict(options).items()
+        }
         initialising = "params" in rngs
         if not initialising:
             # Apply time: every weight is replaced by the Linen variables right after.
@@ -68,7 +71,9 @@ class LinenVGG(VGG):
 
 
 def _freeze_options(options: dict[str, Any]) -> FrozenDict:
-    return FrozenDict({k: (FrozenDict(v) if isinstance(v, dict) else v) for k, v in options.items()})
+    return FrozenDict(
+        {k: (FrozenDict(v) if isinstance(v, dict) else v) for k, v in options.items()}
+    )
 
 
 def build(arch: str, *, name: str | None = None, **options: Any) -> nn.Module:

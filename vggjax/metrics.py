@@ -38,7 +38,9 @@ class MetricsWriter:
       progress: show a tqdm bar (automatically quiet when stderr is not a terminal).
     """
 
-    def __init__(self, workdir: str, total_steps: int, *, progress: bool = True, start_step: int = 0):
+    def __init__(
+        self, workdir: str, total_steps: int, *, progress: bool = True, start_step: int = 0
+    ):
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
@@ -66,14 +68,21 @@ class MetricsWriter:
         self._file.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in record.items():
-                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                if (
+                    k not in ("step", "kind")
+                    and isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                ):
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
 
     def progress(self, step: int, postfix: Mapping[str, Any]) -> None:
         """Advance the bar to ``step`` showing ``postfix`` (loss, images/s …)."""
         if self._bar is not None:
             self._bar.n = step
-            self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=True)
+            self._bar.set_postfix(
+                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                refresh=True,
+            )
 
     def log(self, message: str) -> None:
         """Print a line on process 0 without breaking the progress bar."""
@@ -117,7 +126,12 @@ def _round(obj: Any) -> Any:
 def dump_json(obj: Any, path: str) -> None:
     """Write a result record ``obj`` as indented JSON, floats to 9 significant digits, lists of numbers on one line."""
     text = json.dumps(_round(obj), indent=1)
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",") if x.strip()) + "]", text)
+    text = _NUMBER_LIST.sub(
+        lambda m: (
+            "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",") if x.strip()) + "]"
+        ),
+        text,
+    )
     with open(path, "w") as f:
         f.write(text + "\n")
 
@@ -139,7 +153,9 @@ def plot_curves(path: str, out_png: str) -> str:
     ax1.set(xlabel="step", ylabel="loss", title="loss")
     ax1.legend()
     key = "accuracy"
-    ax2.plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r], label="train")
+    ax2.plot(
+        [r["step"] for r in train if key in r], [r[key] for r in train if key in r], label="train"
+    )
     if evals:
         ax2.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label="eval")
     ax2.set(xlabel="step", ylabel=key, title=key)

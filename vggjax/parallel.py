@@ -16,7 +16,8 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vggjax.errors import ConfigError
 
@@ -40,12 +41,18 @@ def initialize_distributed(
     """
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    on_cluster = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
+    on_cluster = any(
+        k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
+    )
     if coordinator_address is None and not on_cluster:
         return
     kwargs: dict[str, Any] = {}
     if coordinator_address is not None:
-        kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+        kwargs = dict(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
     jax.distributed.initialize(**kwargs)
 
 
@@ -90,7 +97,9 @@ def put_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
             return jax.device_put(x, sharding)
         if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
             # Typed PRNG keys (the dropout streams) have no NumPy form: move their raw bits.
-            data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(x)))
+            data = jax.make_array_from_process_local_data(
+                sharding, np.asarray(jax.random.key_data(x))
+            )
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
@@ -104,7 +113,9 @@ def global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[
     ``jax.make_array_from_process_local_data`` stitches them into the global array.
     """
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }
 
 
 def set_batchnorm_axis(model: nnx.Module, axis_name: str | None) -> int:
@@ -123,7 +134,9 @@ def set_batchnorm_axis(model: nnx.Module, axis_name: str | None) -> int:
 
 def pmap_batch(batch: dict[str, np.ndarray], num_local_devices: int) -> dict[str, np.ndarray]:
     """Reshape a local batch ``(B, ...)`` to ``(devices, B/devices, ...)`` for ``jax.pmap``."""
-    return {k: np.asarray(v).reshape(num_local_devices, -1, *np.shape(v)[1:]) for k, v in batch.items()}
+    return {
+        k: np.asarray(v).reshape(num_local_devices, -1, *np.shape(v)[1:]) for k, v in batch.items()
+    }
 
 
 def replicate_for_pmap(tree: Any, num_devices: int | None = None) -> Any:
@@ -135,10 +148,15 @@ def replicate_for_pmap(tree: Any, num_devices: int | None = None) -> Any:
     onto the devices compiles a small program per array shape.
     """
     n = num_devices or jax.local_device_count()
-    mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:n]), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.local_devices()[:n]), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    )
     sharding = NamedSharding(mesh, P(AXIS))
     host = jax.device_get(tree)
-    return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), sharding), host)
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), sharding),
+        host,
+    )
 
 
 def unreplicate(tree: Any) -> Any:

@@ -63,7 +63,13 @@ def _stable(v: Any, depth: int = 0) -> str:
     if v is None or isinstance(v, (bool, int, float, str, bytes)):
         return repr(v)
     if isinstance(v, dict):
-        return "{" + ",".join(sorted(f"{_stable(k, depth + 1)}:{_stable(x, depth + 1)}" for k, x in v.items())) + "}"
+        return (
+            "{"
+            + ",".join(
+                sorted(f"{_stable(k, depth + 1)}:{_stable(x, depth + 1)}" for k, x in v.items())
+            )
+            + "}"
+        )
     if isinstance(v, (set, frozenset)):
         return "{" + ",".join(sorted(_stable(x, depth + 1) for x in v)) + "}"
     if isinstance(v, (list, tuple)):
@@ -89,9 +95,16 @@ def registries() -> str:
     from vggjax import initializers, layers, losses
     from vggjax.models import heads, seed_nets, vgg
 
-    tables = {"cfgs": vgg.CFGS, "archs": vgg.ARCHS, "heads": heads.HEADS, "seed_nets": seed_nets.SEED_NETS,
-              "init": initializers.REGISTRY, "bias_init": initializers.BIAS_REGISTRY, "losses": losses.LOSSES,
-              "activations": layers.ACTIVATIONS}
+    tables = {
+        "cfgs": vgg.CFGS,
+        "archs": vgg.ARCHS,
+        "heads": heads.HEADS,
+        "seed_nets": seed_nets.SEED_NETS,
+        "init": initializers.REGISTRY,
+        "bias_init": initializers.BIAS_REGISTRY,
+        "losses": losses.LOSSES,
+        "activations": layers.ACTIVATIONS,
+    }
     return _stable(tables)
 
 
@@ -130,8 +143,16 @@ def signature(tree: Any) -> str:
 def cache_key(key: str, *args: Any) -> str:
     """The file name digest for a step traced under ``key`` with arguments ``args``."""
     h = hashlib.sha256()
-    for part in (key, source_digest(), registries(), _versions(), _trace_context(), jax.default_backend(),
-                 str(jax.device_count()), *(signature(a) for a in args)):
+    for part in (
+        key,
+        source_digest(),
+        registries(),
+        _versions(),
+        _trace_context(),
+        jax.default_backend(),
+        str(jax.device_count()),
+        *(signature(a) for a in args),
+    ):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -182,8 +203,17 @@ class CachedStep:
     ``"exported"`` (traced now and written) or ``"jit"`` (export unavailable; plain jit).
     """
 
-    def __init__(self, fn: Callable, *, key: str, cache_dir: str | None, returns_state: bool = True,
-                 in_shardings: Any = None, out_shardings: Any = None, donate_state: bool = False) -> None:
+    def __init__(
+        self,
+        fn: Callable,
+        *,
+        key: str,
+        cache_dir: str | None,
+        returns_state: bool = True,
+        in_shardings: Any = None,
+        out_shardings: Any = None,
+        donate_state: bool = False,
+    ) -> None:
         self.fn = fn
         self.key = key
         self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else ""
@@ -212,7 +242,11 @@ class CachedStep:
             state_sh, batch_sh = self.in_shardings
             ins = (jax.tree.leaves(state_sh), batch_sh)
         if self.out_shardings is not None:
-            outs = (jax.tree.leaves(self.out_shardings[0]), self.out_shardings[1]) if self.returns_state else self.out_shardings
+            outs = (
+                (jax.tree.leaves(self.out_shardings[0]), self.out_shardings[1])
+                if self.returns_state
+                else self.out_shardings
+            )
         return ins, outs
 
     def _export(self, state: Any, batch: Any, treedef: Any) -> export.Exported:
@@ -229,7 +263,9 @@ class CachedStep:
             return new_leaves, metrics
 
         ins, outs = self._flat_shardings()
-        return export.export(jax.jit(flat, **self._jit_kwargs(ins, outs)))(jax.tree.leaves(state), batch)
+        return export.export(jax.jit(flat, **self._jit_kwargs(ins, outs)))(
+            jax.tree.leaves(state), batch
+        )
 
     def _build(self, state: Any, batch: Any) -> None:
         """Find (or trace and write) the exported step for these arguments; else use plain jit."""
@@ -237,7 +273,9 @@ class CachedStep:
         if not self.cache_dir or jax.process_count() > 1:
             return
         treedef = jax.tree.structure(state)
-        self.path = os.path.join(self.cache_dir, SUBDIR, cache_key(self.key, state, batch) + _SUFFIX)
+        self.path = os.path.join(
+            self.cache_dir, SUBDIR, cache_key(self.key, state, batch) + _SUFFIX
+        )
         exp = _read(self.path)
         if exp is not None:
             self.source = "cache"

@@ -133,7 +133,9 @@ class Summary:
             f"Estimated Total Size (MB): {self.total_mb:0.2f}",
         ]
         if self.flops is not None:
-            out.append(f"FLOPs (forward, XLA cost analysis): {self.flops:,.0f} ({_si(self.flops)}FLOPs)")
+            out.append(
+                f"FLOPs (forward, XLA cost analysis): {self.flops:,.0f} ({_si(self.flops)}FLOPs)"
+            )
         if self.compute is not None:
             out.append(f"Compute policy: {self.compute}")
         out.append(line)
@@ -161,7 +163,11 @@ def _var_value(var: nnx.Variable):
 
 def _module_index(model: nnx.Module) -> dict[str, nnx.Module]:
     """Every submodule of ``model`` by its '/'-joined path (e.g. ``"features/conv1_1"``)."""
-    return {"/".join(map(str, p)): m for p, m in nnx.iter_graph(model) if isinstance(m, nnx.Module) and p}
+    return {
+        "/".join(map(str, p)): m
+        for p, m in nnx.iter_graph(model)
+        if isinstance(m, nnx.Module) and p
+    }
 
 
 def _resolve(name: str, modules: dict[str, nnx.Module]) -> str | None:
@@ -196,7 +202,12 @@ def _params_of(module: nnx.Module) -> list[tuple[str, int, bool]]:
         if isinstance(var, (nnx.Param, Frozen)):
             rel = "/".join(map(str, path))
             out.append((rel, _size(_var_value(var)), isinstance(var, nnx.Param)))
-    out.sort(key=lambda t: (t[0].rsplit("/", 1)[0] if "/" in t[0] else "", _PARAM_ORDER.get(t[0].rsplit("/", 1)[-1], 1)))
+    out.sort(
+        key=lambda t: (
+            t[0].rsplit("/", 1)[0] if "/" in t[0] else "",
+            _PARAM_ORDER.get(t[0].rsplit("/", 1)[-1], 1),
+        )
+    )
     return out
 
 
@@ -231,7 +242,11 @@ def _cost_flops(fwd: Callable, state, x, policy: Any = None) -> float | None:
         traced = jax.jit(logits_only).trace(state, x)
         try:
             plain_platform = None if policy is not None and policy.mode == "cpu" else "cuda"
-            lowered = traced.lower(lowering_platforms=(plain_platform,)) if plain_platform else traced.lower()
+            lowered = (
+                traced.lower(lowering_platforms=(plain_platform,))
+                if plain_platform
+                else traced.lower()
+            )
         except Exception:  # noqa: BLE001 - a platform this jaxlib cannot lower for: count what runs here
             lowered = traced.lower()
         for analysis in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
@@ -245,7 +260,9 @@ def _cost_flops(fwd: Callable, state, x, policy: Any = None) -> float | None:
     return None
 
 
-def summarize(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32, flops: bool = True) -> Summary:
+def summarize(
+    model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32, flops: bool = True
+) -> Summary:
     """Trace ``model`` on an abstract NHWC input of ``input_shape`` and collect the table's numbers.
 
     ``model`` may be concrete or abstract (from ``nnx.eval_shape``); nothing is allocated
@@ -281,8 +298,18 @@ def summarize(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float3
                 tensors.append((f"{path}/{rel}", size))
         rows.append(Row(name, type(module).__name__, tuple(out.shape), out.dtype, count, path))
 
-    trainable = [_var_value(v) for v in jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda v: isinstance(v, nnx.Variable))]
-    frozen = [_var_value(v) for v in jax.tree.leaves(nnx.state(model, Frozen), is_leaf=lambda v: isinstance(v, nnx.Variable))]
+    trainable = [
+        _var_value(v)
+        for v in jax.tree.leaves(
+            nnx.state(model, nnx.Param), is_leaf=lambda v: isinstance(v, nnx.Variable)
+        )
+    ]
+    frozen = [
+        _var_value(v)
+        for v in jax.tree.leaves(
+            nnx.state(model, Frozen), is_leaf=lambda v: isinstance(v, nnx.Variable)
+        )
+    ]
     n_train = sum(_size(v) for v in trainable)
     n_frozen = sum(_size(v) for v in frozen)
     param_bytes = sum(_size(v) * jnp.dtype(v.dtype).itemsize for v in trainable + frozen)
@@ -307,7 +334,9 @@ def summarize(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float3
     )
 
 
-def summary(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32, flops: bool = True) -> str:
+def summary(
+    model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32, flops: bool = True
+) -> str:
     """The torchsummary-style table of ``model`` for an NHWC input of ``input_shape`` (e.g. ``(1, 224, 224, 3)``).
 
     Rows: ``name (Type)``, output shape ``[-1, H, W, C]``, parameters; then total /
@@ -362,13 +391,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m vggjax.summary",
         description="Print a torchsummary-style table (no weights are allocated).",
     )
-    parser.add_argument("name", nargs="?", help="a VGG arch (vgg16, vgg16_bn, ...) or a seed net (see --list)")
-    parser.add_argument("--input-size", type=int, help="input height = width (default: the network's natural size)")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch of the traced input (default 1)")
+    parser.add_argument(
+        "name", nargs="?", help="a VGG arch (vgg16, vgg16_bn, ...) or a seed net (see --list)"
+    )
+    parser.add_argument(
+        "--input-size", type=int, help="input height = width (default: the network's natural size)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="batch of the traced input (default 1)"
+    )
     parser.add_argument("--num-classes", type=int)
     parser.add_argument("--head", help="VGG head: fc, fc_conv or gap")
     parser.add_argument("--width", type=float, help="channel width multiplier")
-    parser.add_argument("--compute", help="compute policy (vggjax.ops.Policy spec: auto, xla, cpu, ...)")
+    parser.add_argument(
+        "--compute", help="compute policy (vggjax.ops.Policy spec: auto, xla, cpu, ...)"
+    )
     parser.add_argument("--no-flops", action="store_true", help="skip the XLA cost analysis")
     parser.add_argument("--list", action="store_true", help="list the network names and exit")
     args = parser.parse_args(argv)
@@ -384,8 +421,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.name is None:
             raise ConfigError(f"give a network name; valid: {', '.join(sorted(builders))}")
-        options = {k: v for k, v in (("num_classes", args.num_classes), ("head", args.head), ("width", args.width),
-                                                   ("compute", args.compute)) if v is not None}
+        options = {
+            k: v
+            for k, v in (
+                ("num_classes", args.num_classes),
+                ("head", args.head),
+                ("width", args.width),
+                ("compute", args.compute),
+            )
+            if v is not None
+        }
         model, size = build_abstract(args.name, **options)
         size = args.input_size or size
         in_ch = getattr(model, "in_channels", 3)

@@ -106,7 +106,9 @@ def model_names() -> list[str]:
     return names
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int, in_channels: int) -> nnx.Module:
+def create_model(
+    config: ml_collections.ConfigDict, num_classes: int, in_channels: int
+) -> nnx.Module:
     """Build ``config.model`` with ``config.model_options`` in training mode, frozen globs applied."""
     from vggjax.models import ARCHS, build
 
@@ -123,8 +125,15 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, in_channel
         from vggjax.models.vgg import VGG
 
         _check_options(config, options, VGG.__init__)
-        model = build(name, num_classes=num_classes, in_channels=in_channels, dtype=dtype, compute=compute, rngs=rngs,
-                      **options)
+        model = build(
+            name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            dtype=dtype,
+            compute=compute,
+            rngs=rngs,
+            **options,
+        )
     else:
         from vggjax.models.seed_nets import SEED_NETS
 
@@ -136,7 +145,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, in_channel
     if isinstance(globs, str):
         globs = [g for g in globs.split(",") if g]
     if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) for g in globs):
-        raise ConfigError(f"config.freeze must be parameter-path globs such as ('features/*',), got {globs!r}")
+        raise ConfigError(
+            f"config.freeze must be parameter-path globs such as ('features/*',), got {globs!r}"
+        )
     if globs:
         freeze(model, list(globs))
     model.train()
@@ -155,12 +166,30 @@ def _check_options(config, options: Mapping[str, Any], fn: Callable) -> None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     # Set by the trainer itself, not by model_options.
-    valid = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL and k not in ("self", "cfg", "num_classes", "in_channels", "dtype", "compute", "rngs", "name", "batch_norm"))
+    valid = sorted(
+        k
+        for k, p in params.items()
+        if p.kind is not inspect.Parameter.VAR_POSITIONAL
+        and k
+        not in (
+            "self",
+            "cfg",
+            "num_classes",
+            "in_channels",
+            "dtype",
+            "compute",
+            "rngs",
+            "name",
+            "batch_norm",
+        )
+    )
     for key in options:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown model_options key {key!r} for model {config.model!r}; {hint}valid: {', '.join(valid)}")
+            raise ConfigError(
+                f"unknown model_options key {key!r} for model {config.model!r}; {hint}valid: {', '.join(valid)}"
+            )
 
 
 # --- steps -----------------------------------------------------------------------------
@@ -177,7 +206,9 @@ def loss_and_metrics(loss_name: str, logits: jax.Array, batch: Batch) -> tuple[j
     return loss, {"loss": loss, "accuracy": acc}
 
 
-def forward_order(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, ...]) -> list[int]:
+def forward_order(
+    graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, ...]
+) -> list[int]:
     """Indices of the leaves of ``state.params`` in the order the forward pass first reads them.
 
     ``jax.tree.leaves(state.params)`` is sorted by name (``bn1_1`` before ``conv1_1``,
@@ -189,7 +220,9 @@ def forward_order(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[
     abstract = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)  # noqa: E731
 
     def fwd(param_leaves, rest):
-        return merge(graphdef, rest.replace(params=jax.tree.unflatten(treedef, param_leaves)))(jnp.zeros(image_shape, jnp.float32))
+        return merge(graphdef, rest.replace(params=jax.tree.unflatten(treedef, param_leaves)))(
+            jnp.zeros(image_shape, jnp.float32)
+        )
 
     jaxpr = jax.make_jaxpr(fwd)(abstract(leaves), abstract(state.replace(params=None))).jaxpr
     position = {id(v): i for i, v in enumerate(jaxpr.invars[: len(leaves)])}
@@ -211,7 +244,9 @@ def leaf_names(tree: Any) -> list[str]:
     return names
 
 
-def _leaf_sums(tree: Any, square: bool = False, compute: ops.Policy = ops.Policy()) -> list[jax.Array]:
+def _leaf_sums(
+    tree: Any, square: bool = False, compute: ops.Policy = ops.Policy()
+) -> list[jax.Array]:
     """Per floating leaf, one float reduction that is NaN/±inf exactly when the leaf is bad.
 
     ``square=False``: ``sum(x * 0)`` — ``x * 0`` is 0 for finite ``x`` and NaN for NaN/±inf,
@@ -299,17 +334,33 @@ def make_train_step(
         # absurd learning rate a finite gradient still overflows the update (lr 1e38 x grad 10).
         grad_sq, param_sums = _leaf_sums(grads, square=True, compute=compute), _leaf_sums(params)
         grad_norm = jnp.sqrt(sum(grad_sq)) if grad_sq else jnp.array(0.0, jnp.float32)
-        finite = jnp.isfinite(metrics["loss"]) & _all_finite(grad_sq + param_sums + _leaf_sums(batch_stats))
+        finite = jnp.isfinite(metrics["loss"]) & _all_finite(
+            grad_sq + param_sums + _leaf_sums(batch_stats)
+        )
         # Static: which parameter the network reads first (traced once, at compile time).
         order = forward_order(graphdef, state, batch["image"].shape)
         bad_grad = _first_nonfinite(grad_sq, order)
         bad_param = _first_nonfinite(param_sums, order)
-        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, rngs=rngs, opt_state=opt_state)
+        new = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            rngs=rngs,
+            opt_state=opt_state,
+        )
         if skip_nonfinite:
             # Keep the previous weights, statistics and optimizer state; count the step.
-            new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state.replace(step=state.step + 1))
-        metrics = {**metrics, "grad_norm": grad_norm, "lr": optim.current_lr(opt_state), "finite": finite.astype(jnp.float32),
-                   "nonfinite_grad": bad_grad, "nonfinite_param": bad_param}
+            new = jax.tree.map(
+                lambda a, b: jnp.where(finite, a, b), new, state.replace(step=state.step + 1)
+            )
+        metrics = {
+            **metrics,
+            "grad_norm": grad_norm,
+            "lr": optim.current_lr(opt_state),
+            "finite": finite.astype(jnp.float32),
+            "nonfinite_grad": bad_grad,
+            "nonfinite_param": bad_param,
+        }
         if with_diagnostics:
             from vggjax import diagnostics
 
@@ -352,7 +403,10 @@ def _loss_name(config, info) -> str:
 
 
 def init_state(
-    config: ml_collections.ConfigDict, num_classes: int, in_channels: int, tx: optax.GradientTransformation
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    in_channels: int,
+    tx: optax.GradientTransformation,
 ) -> tuple[nnx.GraphDef, nnx.GraphDef, Callable[[], TrainState]]:
     """``(train_graphdef, eval_graphdef, make)``: ``make()`` builds a fresh TrainState (jit-able)."""
     abstract = nnx.eval_shape(lambda: create_model(config, num_classes, in_channels))
@@ -363,12 +417,16 @@ def init_state(
     def make() -> TrainState:
         model = create_model(config, num_classes, in_channels)
         _, params, frozen, batch_stats, rngs = split_model(model)
-        return TrainState(jnp.zeros((), jnp.int32), params, frozen, batch_stats, rngs, tx.init(params))
+        return TrainState(
+            jnp.zeros((), jnp.int32), params, frozen, batch_stats, rngs, tx.init(params)
+        )
 
     return graphdef, eval_graphdef, make
 
 
-def state_from_model(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
+def state_from_model(
+    model: nnx.Module, tx: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
     """``(train_graphdef, eval_graphdef, state)`` for an already-built ``model``.
 
     The entry point for experiments and user code that build their own network: pair it
@@ -379,10 +437,16 @@ def state_from_model(model: nnx.Module, tx: optax.GradientTransformation) -> tup
     eval_graphdef = split_model(model)[0]
     model.train()
     graphdef, params, frozen, batch_stats, rngs = split_model(model)
-    return graphdef, eval_graphdef, TrainState(jnp.zeros((), jnp.int32), params, frozen, batch_stats, rngs, tx.init(params))
+    return (
+        graphdef,
+        eval_graphdef,
+        TrainState(jnp.zeros((), jnp.int32), params, frozen, batch_stats, rngs, tx.init(params)),
+    )
 
 
-def _unknown_keys(config: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "config") -> list[tuple[str, str | None]]:
+def _unknown_keys(
+    config: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "config"
+) -> list[tuple[str, str | None]]:
     """``[(dotted key, closest known key or None)]`` for keys of ``config`` that ``known`` lacks."""
     import difflib
 
@@ -404,10 +468,16 @@ def _check_keys(config: ml_collections.ConfigDict) -> None:
         sub = config.get(section)
         if bad or not hasattr(sub, "keys"):
             continue
-        bad = _unknown_keys(sub, known[section] if section != "optim" else optim.DEFAULTS, f"config.{section}")
+        bad = _unknown_keys(
+            sub, known[section] if section != "optim" else optim.DEFAULTS, f"config.{section}"
+        )
     if bad:
         key, close = bad[0]
-        hint = f"did you mean {close!r}?" if close else "see vggjax/configs/default.py for the valid keys"
+        hint = (
+            f"did you mean {close!r}?"
+            if close
+            else "see vggjax/configs/default.py for the valid keys"
+        )
         raise ConfigError(f"unknown config key {key!r} in the config file; {hint}")
 
 
@@ -415,18 +485,42 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     _check_keys(config)
     for key in ("batch_size", "num_epochs", "log_every_steps"):
         value = config.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (key == "batch_size" and value == 0):
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < 0
+            or (key == "batch_size" and value == 0)
+        ):
             raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
     # Integers where 0 means "the default"; a negative one is always a mistake.
-    for key, minimum in (("num_train_steps", 0), ("checkpoint_every_steps", 0), ("keep_checkpoints", 1), ("eval_batch_size", 0),
-                         ("image_size", 0), ("num_classes", 0), ("channels", 0), ("num_devices", 0), ("seed", None)):
+    for key, minimum in (
+        ("num_train_steps", 0),
+        ("checkpoint_every_steps", 0),
+        ("keep_checkpoints", 1),
+        ("eval_batch_size", 0),
+        ("image_size", 0),
+        ("num_classes", 0),
+        ("channels", 0),
+        ("num_devices", 0),
+        ("seed", None),
+    ):
         value = config.get(key, 0 if minimum is None else minimum)
-        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
-            what = "an integer" if minimum is None else f"an integer >= {minimum}" + (" (0 = automatic)" if minimum == 0 else "")
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or (minimum is not None and value < minimum)
+        ):
+            what = (
+                "an integer"
+                if minimum is None
+                else f"an integer >= {minimum}" + (" (0 = automatic)" if minimum == 0 else "")
+            )
             raise ConfigError(f"config.{key} must be {what}, got {value!r}")
     every = config.get("eval_every_epochs", 1.0)
     if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
-        raise ConfigError(f"config.eval_every_epochs must be a number > 0 (e.g. 0.5 = twice per epoch), got {every!r}")
+        raise ConfigError(
+            f"config.eval_every_epochs must be a number > 0 (e.g. 0.5 = twice per epoch), got {every!r}"
+        )
     if config.parallel not in ("jit", "pmap"):
         raise one_of("parallel mode", config.parallel, ("jit", "pmap"))
     if config.get("nan_policy", "stop") not in ("stop", "skip"):
@@ -474,7 +568,9 @@ def _with_batchnorm_axis(graphdef: nnx.GraphDef, state: TrainState, axis_name: s
     return split_model(model)[0]
 
 
-def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bool, trace_key: str) -> tuple[_Runner, TrainState]:
+def _runner(
+    config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bool, trace_key: str
+) -> tuple[_Runner, TrainState]:
     """The steps of ``config.parallel``'s mode; ``trace_key`` names everything (config, sizes) that decides their trace."""
     skip = config.get("nan_policy", "stop") == "skip"
     compute = ops.Policy.parse(config.get("compute", "auto"))
@@ -484,8 +580,15 @@ def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bo
         # statistics over the devices to match mesh-jit (where the batch is one global
         # array). The axis name is a static attribute, so it lives in the graphdef.
         graphdef = _with_batchnorm_axis(graphdef, state, parallel.AXIS)
-        step = make_train_step(graphdef, tx, loss_name, axis_name=parallel.AXIS, with_diagnostics=with_diag, skip_nonfinite=skip,
-                               compute=compute)
+        step = make_train_step(
+            graphdef,
+            tx,
+            loss_name,
+            axis_name=parallel.AXIS,
+            with_diagnostics=with_diag,
+            skip_nonfinite=skip,
+            compute=compute,
+        )
         ev = make_eval_step(eval_graphdef, loss_name, axis_name=parallel.AXIS)
         devices = jax.local_devices()[:n]
         runner = _Runner(
@@ -500,17 +603,31 @@ def _runner(config, graphdef, eval_graphdef, tx, loss_name, state, with_diag: bo
         return runner, runner.from_host_state(state)
     mesh = parallel.make_mesh(config.get("num_devices", 0) or None)
     rep = parallel.replicated(mesh)
-    step = make_train_step(graphdef, tx, loss_name, with_diagnostics=with_diag, skip_nonfinite=skip, compute=compute)
+    step = make_train_step(
+        graphdef, tx, loss_name, with_diagnostics=with_diag, skip_nonfinite=skip, compute=compute
+    )
     ev = make_eval_step(eval_graphdef, loss_name)
     state_sharding = jax.tree.map(lambda _: rep, state)
     in_shardings = (state_sharding, parallel.batch_sharding(mesh))
     # jax.jit, with the traced step saved next to the compilation cache (a warm start skips tracing).
     cache_dir = config.get("compilation_cache", "")
     runner = _Runner(
-        train_step=stepcache.CachedStep(step, key=f"train diag={with_diag} {trace_key}", cache_dir=cache_dir,
-                                        in_shardings=in_shardings, out_shardings=(state_sharding, rep), donate_state=True),
-        eval_step=stepcache.CachedStep(ev, key=f"eval {trace_key}", cache_dir=cache_dir, returns_state=False,
-                                       in_shardings=in_shardings, out_shardings=rep),
+        train_step=stepcache.CachedStep(
+            step,
+            key=f"train diag={with_diag} {trace_key}",
+            cache_dir=cache_dir,
+            in_shardings=in_shardings,
+            out_shardings=(state_sharding, rep),
+            donate_state=True,
+        ),
+        eval_step=stepcache.CachedStep(
+            ev,
+            key=f"eval {trace_key}",
+            cache_dir=cache_dir,
+            returns_state=False,
+            in_shardings=in_shardings,
+            out_shardings=rep,
+        ),
         put_batch=lambda b: parallel.global_batch(b, mesh),
         fetch=jax.device_get,
         to_host_state=lambda s: s,
@@ -530,7 +647,11 @@ def evaluate(runner: _Runner, state, eval_batches) -> dict[str, float]:
         for k in totals:
             totals[k] += float(out[k])
     n = max(totals["count"], 1.0)
-    return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "examples": int(totals["count"])}
+    return {
+        "loss": totals["loss_sum"] / n,
+        "accuracy": totals["correct"] / n,
+        "examples": int(totals["count"]),
+    }
 
 
 def _nbytes(tree: Any) -> int:
@@ -587,7 +708,11 @@ def rewind_metrics(path: str, step: int) -> int:
         for line in f:
             try:
                 rec = json.loads(line)
-                ok = line.endswith("\n") and rec.get("kind") != "summary" and int(rec["step"]) <= step
+                ok = (
+                    line.endswith("\n")
+                    and rec.get("kind") != "summary"
+                    and int(rec["step"]) <= step
+                )
             except (ValueError, KeyError, TypeError):
                 ok = False
             if ok:
@@ -661,16 +786,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     records after the restored step are dropped on resume, a damaged latest checkpoint is
     skipped with a warning, and no checkpoint of non-finite values is ever written.
     """
-    from vggjax import checkpoint, data, metrics as metrics_lib
+    from vggjax import checkpoint, data
+    from vggjax import metrics as metrics_lib
 
     _check_config(config)
     enable_compilation_cache(config.get("compilation_cache", ""))
-    n_dev = (config.get("num_devices", 0) or jax.local_device_count()) if config.parallel == "pmap" else (
-        config.get("num_devices", 0) or jax.device_count()
+    n_dev = (
+        (config.get("num_devices", 0) or jax.local_device_count())
+        if config.parallel == "pmap"
+        else (config.get("num_devices", 0) or jax.device_count())
     )
-    parallel.check_batch(config.batch_size, n_dev if config.parallel == "jit" else n_dev * jax.process_count())
+    parallel.check_batch(
+        config.batch_size, n_dev if config.parallel == "jit" else n_dev * jax.process_count()
+    )
     eval_bs = config.get("eval_batch_size", 0) or config.batch_size
-    parallel.check_batch(eval_bs, n_dev if config.parallel == "jit" else n_dev * jax.process_count(), "eval_batch_size")
+    parallel.check_batch(
+        eval_bs,
+        n_dev if config.parallel == "jit" else n_dev * jax.process_count(),
+        "eval_batch_size",
+    )
     data_dir = config.get("data_dir") or None
 
     classes = tuple(config.get("classes", ()) or ()) or None
@@ -681,13 +815,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batch = config.batch_size
     steps_per_epoch = max(1, (info.num_train_examples or batch) // batch)
     total_steps = config.get("num_train_steps", 0) or config.num_epochs * steps_per_epoch
-    tx = optim.make_optimizer(config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    tx = optim.make_optimizer(
+        config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
 
     graphdef, eval_graphdef, make_state = init_state(config, num_classes, in_channels, tx)
     image_size = config.get("image_size", 0) or info.image_size
     # Fail before any compilation, checkpoint or data work if the model cannot take the images.
     abstract_state = jax.eval_shape(make_state)
-    jax.eval_shape(lambda: merge(eval_graphdef, make_state())(jnp.zeros((1, image_size, image_size, in_channels))))
+    jax.eval_shape(
+        lambda: merge(eval_graphdef, make_state())(
+            jnp.zeros((1, image_size, image_size, in_channels))
+        )
+    )
     if config.get("init_from") and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         checkpoint.locate_init_from(config.init_from)  # a wrong path fails before anything is built
     # Last of the checks: a workdir we cannot write to (or a full disk) fails now, not
@@ -705,7 +845,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def forward_names() -> list[str]:
         # Parameter names in the order the network uses them (only needed for a NaN report).
         names = leaf_names(abstract_state.params)
-        return [names[i] for i in forward_order(graphdef, abstract_state, (1, image_size, image_size, in_channels))]
+        return [
+            names[i]
+            for i in forward_order(
+                graphdef, abstract_state, (1, image_size, image_size, in_channels)
+            )
+        ]
 
     writer = None
     failed = False
@@ -721,19 +866,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     file=sys.stderr,
                 )
         elif config.get("init_from"):
-            target = {"params": state.params, "frozen": state.frozen, "batch_stats": state.batch_stats}
+            target = {
+                "params": state.params,
+                "frozen": state.frozen,
+                "batch_stats": state.batch_stats,
+            }
             loaded, skipped = checkpoint.restore_params_from(config.init_from, target)
             state = state.replace(**loaded, opt_state=tx.init(loaded["params"]))
             for line in skipped:
                 print(f"init_from: kept fresh {line}", file=sys.stderr)
         with_diag = bool(config.get("diagnostics", {}).get("enabled", False))
         trace_key = json.dumps(
-            {"config": config.to_dict(), "loss": loss_name, "num_classes": num_classes, "channels": in_channels,
-             "image_size": image_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-            sort_keys=True, default=repr,
+            {
+                "config": config.to_dict(),
+                "loss": loss_name,
+                "num_classes": num_classes,
+                "channels": in_channels,
+                "image_size": image_size,
+                "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps,
+            },
+            sort_keys=True,
+            default=repr,
         )
-        runner, state = _runner(config, graphdef, eval_graphdef, tx, loss_name, state, False, trace_key)
-        diag_runner = _runner(config, graphdef, eval_graphdef, tx, loss_name, runner.to_host_state(state), True, trace_key)[0] if with_diag else None
+        runner, state = _runner(
+            config, graphdef, eval_graphdef, tx, loss_name, state, False, trace_key
+        )
+        diag_runner = (
+            _runner(
+                config,
+                graphdef,
+                eval_graphdef,
+                tx,
+                loss_name,
+                runner.to_host_state(state),
+                True,
+                trace_key,
+            )[0]
+            if with_diag
+            else None
+        )
         diag_every = int(config.get("diagnostics", {}).get("every_steps", 100) or 100)
 
         train_iter, eval_batches, _ = data.get_datasets(
@@ -753,7 +925,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # A killed run may have logged steps after its last checkpoint: they are
             # trained again now, so drop them (and a finished run's summary) first.
             rewind_metrics(os.path.join(workdir, "metrics.jsonl"), start)
-        writer = metrics_lib.MetricsWriter(workdir, total_steps, progress=config.get("progress", True), start_step=start)
+        writer = metrics_lib.MetricsWriter(
+            workdir, total_steps, progress=config.get("progress", True), start_step=start
+        )
         if start:
             writer.log(f"resumed from step {start} in {workdir}")
         if start == 0:
@@ -785,8 +959,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         )
                     skipped.append(s_)
                     if len(skipped) <= 3:
-                        more = "; later skipped steps are only counted (finite=0 in metrics.jsonl)" if len(skipped) == 3 else ""
-                        print(f"warning: skipped {what}: the step's update was discarded{more}", file=sys.stderr)
+                        more = (
+                            "; later skipped steps are only counted (finite=0 in metrics.jsonl)"
+                            if len(skipped) == 3
+                            else ""
+                        )
+                        print(
+                            f"warning: skipped {what}: the step's update was discarded{more}",
+                            file=sys.stderr,
+                        )
             return [fetched[s_] for s_, _ in pending]
 
         batches = parallel.prefetch((runner.put_batch(b) for b in train_iter), lambda b: b, size=2)
@@ -804,14 +985,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     pending, fetched = [], {}
                     last = host[-1]
                     rate = meter.lap(len(host) * batch)
-                    record = {k: float(v) for k, v in last.items() if not k.startswith(("grad_norm/", "weight_", "act_", "dead_", "zero_", "nonfinite_"))}
+                    record = {
+                        k: float(v)
+                        for k, v in last.items()
+                        if not k.startswith(
+                            ("grad_norm/", "weight_", "act_", "dead_", "zero_", "nonfinite_")
+                        )
+                    }
                     record["images_per_sec"] = rate
                     writer.write(step, "train", record)
                     if use_diag:
                         from vggjax import diagnostics
 
-                        writer.write(step, "diag", diagnostics.to_python({k: v for k, v in last.items() if "/" in k}))
-                    writer.progress(step, {"loss": record["loss"], "acc": record["accuracy"], "img/s": round(rate)})
+                        writer.write(
+                            step,
+                            "diag",
+                            diagnostics.to_python({k: v for k, v in last.items() if "/" in k}),
+                        )
+                    writer.progress(
+                        step,
+                        {"loss": record["loss"], "acc": record["accuracy"], "img/s": round(rate)},
+                    )
                 elif stop or ckpt.should_save(step):
                     # A checkpoint is about to be written: its steps must pass the NaN check
                     # first (the record itself still waits for the next logging step).
@@ -819,17 +1013,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if not stop and (step % eval_every == 0 or step == total_steps):
                     last_eval = evaluate(runner, state, eval_batches)
                     writer.write(step, "eval", last_eval)
-                    writer.log(f"step {step}/{total_steps}: eval loss {last_eval['loss']:.4f}, accuracy {last_eval['accuracy']:.4f}")
+                    writer.log(
+                        f"step {step}/{total_steps}: eval loss {last_eval['loss']:.4f}, accuracy {last_eval['accuracy']:.4f}"
+                    )
                     if config.optim.get("schedule") == "plateau":
                         host_state = runner.to_host_state(state)
-                        host_state = host_state.replace(opt_state=optim.plateau_update(host_state.opt_state, last_eval["accuracy"], config.optim))
+                        host_state = host_state.replace(
+                            opt_state=optim.plateau_update(
+                                host_state.opt_state, last_eval["accuracy"], config.optim
+                            )
+                        )
                         state = runner.from_host_state(host_state)
-                ckpt.save(step, runner.to_host_state(state), {"step": step, "model": config.model}, force=step == total_steps or stop)
+                ckpt.save(
+                    step,
+                    runner.to_host_state(state),
+                    {"step": step, "model": config.model},
+                    force=step == total_steps or stop,
+                )
                 if stop:
                     preempted_at = step
                     break
         if skipped:
-            writer.log(f"skipped {len(skipped)} step(s) with non-finite values (nan_policy=skip): first {skipped[0]}, last {skipped[-1]}")
+            writer.log(
+                f"skipped {len(skipped)} step(s) with non-finite values (nan_policy=skip): first {skipped[0]}, last {skipped[-1]}"
+            )
         if preempted_at is not None:
             ckpt.wait()  # the checkpoint must be on disk before the scheduler takes the machine
             writer.log(
@@ -841,7 +1048,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         seconds = time.perf_counter() - t0
         if not last_eval:
             last_eval = evaluate(runner, state, eval_batches)
-        summary = {**last_eval, "steps": total_steps, "seconds": round(seconds, 1), "workdir": workdir}
+        summary = {
+            **last_eval,
+            "steps": total_steps,
+            "seconds": round(seconds, 1),
+            "workdir": workdir,
+        }
         writer.write(total_steps, "summary", summary)
         if writer.active and os.path.exists(writer.path):
             metrics_lib.plot_curves(writer.path, os.path.join(workdir, "curves.png"))
@@ -872,26 +1084,41 @@ def _flags():
     from ml_collections import config_flags
 
     here = os.path.dirname(os.path.abspath(__file__))
-    flags.DEFINE_string("workdir", None, "Run directory (default: a fresh ./runs/CONFIG-TIMESTAMP).")
-    config_flags.DEFINE_config_file("config", os.path.join(here, "configs", "default.py"), "Config file.", lock_config=True)
-    flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (not needed on Cloud TPU).")
+    flags.DEFINE_string(
+        "workdir", None, "Run directory (default: a fresh ./runs/CONFIG-TIMESTAMP)."
+    )
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(here, "configs", "default.py"), "Config file.", lock_config=True
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (not needed on Cloud TPU)."
+    )
     flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
     flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
-    flags.DEFINE_string("cpu_collectives", None, "CPU multi-process collectives implementation, e.g. gloo.")
+    flags.DEFINE_string(
+        "cpu_collectives", None, "CPU multi-process collectives implementation, e.g. gloo."
+    )
     return flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
-    from absl import logging
+    from absl import flags, logging
 
     del argv
     logging.set_verbosity(logging.ERROR)  # TF/TFDS deprecation chatter; our messages are printed
     FLAGS = flags.FLAGS
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, cpu_collectives=FLAGS.cpu_collectives)
+    parallel.initialize_distributed(
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        cpu_collectives=FLAGS.cpu_collectives,
+    )
     config = FLAGS.config
-    config_path = flags.FLAGS["config"].config_filename if hasattr(flags.FLAGS["config"], "config_filename") else "default"
+    config_path = (
+        flags.FLAGS["config"].config_filename
+        if hasattr(flags.FLAGS["config"], "config_filename")
+        else "default"
+    )
     name = os.path.splitext(os.path.basename(str(config_path)))[0] or "default"
     workdir = FLAGS.workdir or default_workdir(name)
     _quiet_orbax_errors()
@@ -947,9 +1174,13 @@ def _flag_error_message(e: BaseException) -> str:
     key = key.strip("'\"")
     # Name the whole override (--config.optim.lr), not only its last component.
     given = [a.split("=")[0][2:] for a in sys.argv[1:] if a.startswith("--config.")]
-    full = next((g for g in given if g == f"config.{key}" or g.endswith(f".{key}")), f"config.{key}")
+    full = next(
+        (g for g in given if g == f"config.{key}" or g.endswith(f".{key}")), f"config.{key}"
+    )
     message = f"unknown config key {full!r}"
-    return message + (f" ({' '.join(hint)})" if hint else "; see the config file for the valid keys")
+    return message + (
+        f" ({' '.join(hint)})" if hint else "; see the config file for the valid keys"
+    )
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -52,7 +52,13 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from vggjax.bench.cli import main, parse_variant, run  # noqa: E402
 from vggjax.bench.profile import conv_layer_shapes, conv_profile, pipeline_bench, pool_profile
-from vggjax.bench.report import markdown_table, plot_step_times, record_label, summary_lines, variants_table
+from vggjax.bench.report import (
+    markdown_table,
+    plot_step_times,
+    record_label,
+    summary_lines,
+    variants_table,
+)
 from vggjax.bench.step import bench_config, build_step, compile_step, cost, fixed_batch, model_flops
 from vggjax.bench.timing import (
     WARMUP_ROUNDS,
@@ -65,8 +71,29 @@ from vggjax.bench.timing import (
 )
 
 __all__ = [
-    "WARMUP_ROUNDS", "bench_config", "build_step", "compile_step", "conv_layer_shapes", "conv_profile", "cost",
-    "fixed_batch", "host_counter_stats", "machine_info", "main", "markdown_table", "matmul_peak", "model_flops",
-    "parse_variant", "pipeline_bench", "plot_step_times", "pool_profile", "record_label", "run", "step_stats",
-    "summary_lines", "time_interleaved", "variants_table", "with_host_counters",
+    "WARMUP_ROUNDS",
+    "bench_config",
+    "build_step",
+    "compile_step",
+    "conv_layer_shapes",
+    "conv_profile",
+    "cost",
+    "fixed_batch",
+    "host_counter_stats",
+    "machine_info",
+    "main",
+    "markdown_table",
+    "matmul_peak",
+    "model_flops",
+    "parse_variant",
+    "pipeline_bench",
+    "plot_step_times",
+    "pool_profile",
+    "record_label",
+    "run",
+    "step_stats",
+    "summary_lines",
+    "time_interleaved",
+    "variants_table",
+    "with_host_counters",
 ]

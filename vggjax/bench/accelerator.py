@@ -34,7 +34,10 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("H100", {"bfloat16": 989.0, "float32": 494.7}),
     ("A100", {"bfloat16": 312.0, "float32": 156.0}),
     ("L4", {"bfloat16": 121.0, "float32": 60.0}),
-    ("V100", {"bfloat16": 125.0, "float32": 15.7}),  # no bf16: fp16 tensor cores (125); fp32 without TF32
+    (
+        "V100",
+        {"bfloat16": 125.0, "float32": 15.7},
+    ),  # no bf16: fp16 tensor cores (125); fp32 without TF32
     ("TPU v6 lite", {"bfloat16": 918.0, "float32": 918.0}),  # v6e
     ("TPU v5 lite", {"bfloat16": 197.0, "float32": 197.0}),  # v5e
     ("TPU v5p", {"bfloat16": 459.0, "float32": 459.0}),
@@ -59,15 +62,25 @@ def _device_memory() -> dict[str, float]:
     import jax
 
     stats = jax.devices()[0].memory_stats() or {}
-    return {k.replace("_bytes", "_mib"): v / 2**20 for k, v in stats.items()
-            if k in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")}
+    return {
+        k.replace("_bytes", "_mib"): v / 2**20
+        for k, v in stats.items()
+        if k in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")
+    }
 
 
 def _jax_contender(args: argparse.Namespace, dtype: str, compute: str, cache_dir: str):
     from vggjax.bench import step
 
-    config = step.bench_config(args.arch, args.size, args.batch, width=args.width, dtype=dtype,
-                               cache_dir=cache_dir, compute=compute)
+    config = step.bench_config(
+        args.arch,
+        args.size,
+        args.batch,
+        width=args.width,
+        dtype=dtype,
+        cache_dir=cache_dir,
+        compute=compute,
+    )
     one, record, finish = step.jax_step_setup(config)
     record.update(dtype=dtype, compute=compute, model_flops=step.model_flops(config))
     return one, record, finish
@@ -79,8 +92,15 @@ def _torch_contender(args: argparse.Namespace, compiled: bool):
     from vggjax.bench.torch_step import torch_step_setup
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    one, record = torch_step_setup(args.arch, args.size, args.batch, compile=compiled, device=device,
-                                   bf16=True, channels_last=True)
+    one, record = torch_step_setup(
+        args.arch,
+        args.size,
+        args.batch,
+        compile=compiled,
+        device=device,
+        bf16=True,
+        channels_last=True,
+    )
     return one, record, None
 
 
@@ -109,7 +129,9 @@ def _skip_reason(name: str, args: argparse.Namespace, elapsed: float) -> str | N
         except ImportError as e:
             return f"PyTorch not installed ({e})"
     if elapsed > args.budget_s:
-        return f"time budget: {elapsed:.0f} s of --budget-s {args.budget_s:.0f} used before its set-up"
+        return (
+            f"time budget: {elapsed:.0f} s of --budget-s {args.budget_s:.0f} used before its set-up"
+        )
     return None
 
 
@@ -138,18 +160,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     backend = jax.default_backend()
     if backend == "cpu" and not args.allow_cpu:
-        raise SystemExit("error: --accelerator needs a GPU or TPU (jax.default_backend() is 'cpu'); "
-                         "for the CPU benchmark run python -m vggjax.bench without it")
+        raise SystemExit(
+            "error: --accelerator needs a GPU or TPU (jax.default_backend() is 'cpu'); "
+            "for the CPU benchmark run python -m vggjax.bench without it"
+        )
     args.size = 224 if args.size is None else args.size
     args.batch = 256 if args.batch is None else args.batch
     t_start = time.time()
     kind = jax.devices()[0].device_kind
     record: dict[str, Any] = {
         "command": "python -m vggjax.bench --accelerator " + " ".join(getattr(args, "argv", [])),
-        "config": {"arch": args.arch, "size": args.size, "batch": args.batch, "steps": args.steps, "width": args.width,
-                   "batch_note": "batch 256: the VGG paper's; the peak device memory of each contender is recorded"},
-        "machine": timing.machine_info(), "git": timing.git_state(), "device_kind": kind,
-        "peak_tflops_table": {k: v for k, v in PEAK_TFLOPS}, "contenders": {}, "skipped": {},
+        "config": {
+            "arch": args.arch,
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "width": args.width,
+            "batch_note": "batch 256: the VGG paper's; the peak device memory of each contender is recorded",
+        },
+        "machine": timing.machine_info(),
+        "git": timing.git_state(),
+        "device_kind": kind,
+        "peak_tflops_table": {k: v for k, v in PEAK_TFLOPS},
+        "contenders": {},
+        "skipped": {},
     }
     cache_dir = tempfile.mkdtemp(prefix="vggjax-accel-cache-")
     steps, finishers = {}, {}
@@ -166,7 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record.setdefault("tracebacks", {})[name] = traceback.format_exc()[-4000:]
     record["setup_s"] = time.time() - t_start
     times = timing.time_interleaved(steps, args.steps) if steps else {}
-    record["timing"] = f"interleaved: {', '.join(steps)} in turns, after {timing.WARMUP_ROUNDS} untimed rounds"
+    record["timing"] = (
+        f"interleaved: {', '.join(steps)} in turns, after {timing.WARMUP_ROUNDS} untimed rounds"
+    )
     for name in steps:
         _finish(name, record["contenders"][name], finishers[name], times[name], args, kind)
     record["device_memory"] = _device_memory()
@@ -179,8 +215,12 @@ def _ratios(record: dict[str, Any]) -> None:
     c = record["contenders"]
     rate = lambda n: c[n]["step"]["images_per_s"] if n in c and "step" in c[n] else None  # noqa: E731
     out = {}
-    for a, b in (("jax_bf16", "torch_compile_bf16"), ("jax_bf16", "torch_eager_bf16"),
-                 ("jax_bf16", "jax_bf16_cpu_policy"), ("jax_bf16", "jax_f32")):
+    for a, b in (
+        ("jax_bf16", "torch_compile_bf16"),
+        ("jax_bf16", "torch_eager_bf16"),
+        ("jax_bf16", "jax_bf16_cpu_policy"),
+        ("jax_bf16", "jax_f32"),
+    ):
         if rate(a) and rate(b):
             out[f"{a}_vs_{b}"] = rate(a) / rate(b)
     record["ratios"] = out
@@ -188,17 +228,24 @@ def _ratios(record: dict[str, Any]) -> None:
 
 def summary_lines(record: dict[str, Any]) -> list[str]:
     cfg = record["config"]
-    lines = [f"{cfg['arch']} {cfg['size']}x{cfg['size']} batch {cfg['batch']} on {record['device_kind']} "
-             f"({record['wall_s']:.0f} s)"]
+    lines = [
+        f"{cfg['arch']} {cfg['size']}x{cfg['size']} batch {cfg['batch']} on {record['device_kind']} "
+        f"({record['wall_s']:.0f} s)"
+    ]
     for name, e in record["contenders"].items():
         if "step" not in e:
             continue
         compile_s = e.get("compile_s", e.get("first_step_s", 0.0)) + e.get("trace_lower_s", 0.0)
-        mem = e.get("peak_device_memory_mib") or sum(v for k, v in e.get("xla_memory", {}).items()
-                                                     if k in ("argument_size_mib", "output_size_mib", "temp_size_mib"))
+        mem = e.get("peak_device_memory_mib") or sum(
+            v
+            for k, v in e.get("xla_memory", {}).items()
+            if k in ("argument_size_mib", "output_size_mib", "temp_size_mib")
+        )
         mfu = f", MFU {100 * e['mfu']:.0f}%" if "mfu" in e else ""
-        lines.append(f"{name:22s} {e['step']['median_s'] * 1e3:7.1f} ms  {e['step']['images_per_s']:8.0f} img/s"
-                     f"{mfu}, compile {compile_s:.0f} s, memory {mem / 1024:.1f} GiB")
+        lines.append(
+            f"{name:22s} {e['step']['median_s'] * 1e3:7.1f} ms  {e['step']['images_per_s']:8.0f} img/s"
+            f"{mfu}, compile {compile_s:.0f} s, memory {mem / 1024:.1f} GiB"
+        )
     for name, why in record["skipped"].items():
         lines.append(f"{name:22s} skipped: {why.splitlines()[0][:160]}")
     for k, v in record["ratios"].items():

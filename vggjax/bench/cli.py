@@ -35,42 +35,116 @@ def parse_variant(spec: str) -> tuple[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     from vggjax import bench
 
-    p = argparse.ArgumentParser(prog="python -m vggjax.bench", description=bench.__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="vgg16_bn", help="a vggjax/torchvision VGG name (default vgg16_bn)")
-    p.add_argument("--size", type=int, default=None, help="input height = width (default 32; 224 with --accelerator)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 64; 256 with --accelerator)")
+    p = argparse.ArgumentParser(
+        prog="python -m vggjax.bench", description=bench.__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--arch", default="vgg16_bn", help="a vggjax/torchvision VGG name (default vgg16_bn)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input height = width (default 32; 224 with --accelerator)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=None, help="batch size (default 64; 256 with --accelerator)"
+    )
     p.add_argument("--steps", type=int, default=10, help="steady-state steps timed (default 10)")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the JAX model (tiny runs)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="JAX compute dtype")
-    p.add_argument("--compute", default="auto", metavar="POLICY",
-                   help="compute policy of the timed step (vggjax.ops.Policy spec; default auto)")
-    p.add_argument("--plain", action="store_true", help="the same as --compute xla: plain XLA ops everywhere")
-    p.add_argument("--variant", action="append", default=[], metavar=VARIANT_FORMAT.split(",")[0],
-                   help="also time the JAX step under another compute policy (an A/B, in turns with the others), "
-                        f"{VARIANT_FORMAT.split(', ', 1)[1]}; repeatable")
+    p.add_argument(
+        "--width", type=float, default=1.0, help="channel multiplier of the JAX model (tiny runs)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="JAX compute dtype"
+    )
+    p.add_argument(
+        "--compute",
+        default="auto",
+        metavar="POLICY",
+        help="compute policy of the timed step (vggjax.ops.Policy spec; default auto)",
+    )
+    p.add_argument(
+        "--plain", action="store_true", help="the same as --compute xla: plain XLA ops everywhere"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar=VARIANT_FORMAT.split(",")[0],
+        help="also time the JAX step under another compute policy (an A/B, in turns with the others), "
+        f"{VARIANT_FORMAT.split(', ', 1)[1]}; repeatable",
+    )
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager and torch.compile")
     p.add_argument("--no-torch-compile", action="store_true", help="with --torch: eager only")
-    p.add_argument("--profile", action="store_true", help="per-layer conv and max-pool fwd+bwd in every formulation")
-    p.add_argument("--op-profile", action="store_true", help="time of every XLA:CPU op in the step (jax.profiler)")
-    p.add_argument("--no-warm-probe", action="store_true", help="skip the warm-cache first step in a subprocess")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="per-layer conv and max-pool fwd+bwd in every formulation",
+    )
+    p.add_argument(
+        "--op-profile",
+        action="store_true",
+        help="time of every XLA:CPU op in the step (jax.profiler)",
+    )
+    p.add_argument(
+        "--no-warm-probe",
+        action="store_true",
+        help="skip the warm-cache first step in a subprocess",
+    )
     p.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline measurement")
-    p.add_argument("--pipeline-seconds", type=float, default=3.0, help="how long to pull batches (default 3 s)")
-    p.add_argument("--peak-size", type=int, default=timing.PEAK_MATMUL_SIZE, help="matmul size for the peak (default 4096)")
-    p.add_argument("--no-hugepages", action="store_true",
-                   help="do not restart with glibc.malloc.hugetlb=1 (see vggjax.hostmem; for the A/B)")
-    p.add_argument("--cache-dir", default="", help="persistent compilation cache (default: a fresh temp dir, i.e. cold)")
-    p.add_argument("--accelerator", action="store_true",
-                   help="the GPU/TPU suite: bf16 and f32, the policy A/B, MFU against the device's peak, PyTorch "
-                        "on the same device (benchmarks/gpu.sh)")
-    p.add_argument("--budget-s", type=float, default=300.0,
-                   help="with --accelerator: set up no further contender after this many seconds (default 300)")
-    p.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # --accelerator's code path on CPU (tests)
-    p.add_argument("--exports", action="store_true",
-                   help="op counts and FLOPs of the trainer's steps exported for cpu, cuda and tpu (no compute)")
+    p.add_argument(
+        "--pipeline-seconds", type=float, default=3.0, help="how long to pull batches (default 3 s)"
+    )
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=timing.PEAK_MATMUL_SIZE,
+        help="matmul size for the peak (default 4096)",
+    )
+    p.add_argument(
+        "--no-hugepages",
+        action="store_true",
+        help="do not restart with glibc.malloc.hugetlb=1 (see vggjax.hostmem; for the A/B)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default="",
+        help="persistent compilation cache (default: a fresh temp dir, i.e. cold)",
+    )
+    p.add_argument(
+        "--accelerator",
+        action="store_true",
+        help="the GPU/TPU suite: bf16 and f32, the policy A/B, MFU against the device's peak, PyTorch "
+        "on the same device (benchmarks/gpu.sh)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=300.0,
+        help="with --accelerator: set up no further contender after this many seconds (default 300)",
+    )
+    p.add_argument(
+        "--allow-cpu", action="store_true", help=argparse.SUPPRESS
+    )  # --accelerator's code path on CPU (tests)
+    p.add_argument(
+        "--exports",
+        action="store_true",
+        help="op counts and FLOPs of the trainer's steps exported for cpu, cuda and tpu (no compute)",
+    )
     p.add_argument("--first-step-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help="write the JSON record here")
-    p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown results table of these records and exit")
-    p.add_argument("--plot", default="", metavar="PNG", help="with --table: also draw the step times of the records")
+    p.add_argument(
+        "--table",
+        nargs="+",
+        metavar="JSON",
+        help="print the markdown results table of these records and exit",
+    )
+    p.add_argument(
+        "--plot",
+        default="",
+        metavar="PNG",
+        help="with --table: also draw the step times of the records",
+    )
     return p
 
 
@@ -90,7 +164,9 @@ def _contenders(args: argparse.Namespace, config, variants, record: dict[str, An
         for name, compiled in (("torch_eager", False), ("torch_compile", True)):
             if compiled and args.no_torch_compile:
                 continue
-            contenders[name], record[name] = torch_step_setup(args.arch, args.size, args.batch, compile=compiled)
+            contenders[name], record[name] = torch_step_setup(
+                args.arch, args.size, args.batch, compile=compiled
+            )
     return contenders, finishers
 
 
@@ -100,8 +176,11 @@ def _time_all(args: argparse.Namespace, contenders, finishers, record: dict[str,
     for name, fn in contenders.items():
         counted[name], host_samples[name] = timing.with_host_counters(fn)
     times = timing.time_interleaved(counted, args.steps)
-    record["timing"] = ("interleaved: " + ", ".join(contenders)
-                        + f" in turns, after {timing.WARMUP_ROUNDS} untimed rounds")
+    record["timing"] = (
+        "interleaved: "
+        + ", ".join(contenders)
+        + f" in turns, after {timing.WARMUP_ROUNDS} untimed rounds"
+    )
     jx = record["jax"]
     finishers[""](times["jax"], args.op_profile)
     for name, finish in finishers.items():
@@ -113,7 +192,9 @@ def _time_all(args: argparse.Namespace, contenders, finishers, record: dict[str,
         entry = record["variants"][name[4:]] if name.startswith("jax:") else record[name]
         if name.startswith("torch"):
             entry.update(step=timing.step_stats(times[name], args.batch), step_times_s=times[name])
-        entry["host"] = timing.host_counter_stats(host_samples[name][-args.steps:])  # not the warm-up rounds
+        entry["host"] = timing.host_counter_stats(
+            host_samples[name][-args.steps :]
+        )  # not the warm-up rounds
 
 
 def _utilisation(args: argparse.Namespace, config, record: dict[str, Any]) -> None:
@@ -123,16 +204,24 @@ def _utilisation(args: argparse.Namespace, config, record: dict[str, Any]) -> No
     achieved = jx["flops"] / jx["step"]["median_s"] / 1e9
     jx["model_flops"] = step.model_flops(config)
     model_rate = jx["model_flops"] / jx["step"]["median_s"] / 1e9
-    record["utilisation"] = {"step_gflops": achieved, "peak_gflops": peak["gflops"],
-                             "fraction_of_peak": achieved / peak["gflops"],
-                             "model_step_gflops": model_rate, "model_fraction_of_peak": model_rate / peak["gflops"]}
+    record["utilisation"] = {
+        "step_gflops": achieved,
+        "peak_gflops": peak["gflops"],
+        "fraction_of_peak": achieved / peak["gflops"],
+        "model_step_gflops": model_rate,
+        "model_fraction_of_peak": model_rate / peak["gflops"],
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement ``args`` asks for and return the JSON-able record."""
     if args.torch and args.width != 1.0:
-        raise SystemExit("error: --torch compares against torchvision's full-width model; use --width 1")
-    variants = [parse_variant(spec) for spec in args.variant]  # bad specs fail before anything is compiled
+        raise SystemExit(
+            "error: --torch compares against torchvision's full-width model; use --width 1"
+        )
+    variants = [
+        parse_variant(spec) for spec in args.variant
+    ]  # bad specs fail before anything is compiled
     if len({name for name, _ in variants}) < len(variants):
         raise SystemExit("error: --variant names must differ")
     load_start, t_start = os.getloadavg(), time.time()
@@ -141,14 +230,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     own_cache = not args.cache_dir
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="vggjax-bench-cache-")
     try:
-        config = step.bench_config(args.arch, args.size, args.batch, width=args.width, dtype=args.dtype,
-                                   cache_dir=cache_dir, compute=args.compute)
+        config = step.bench_config(
+            args.arch,
+            args.size,
+            args.batch,
+            width=args.width,
+            dtype=args.dtype,
+            cache_dir=cache_dir,
+            compute=args.compute,
+        )
         record: dict[str, Any] = {
             "command": "python -m vggjax.bench " + " ".join(sys.argv[1:]),
-            "config": {"arch": args.arch, "size": args.size, "batch": args.batch, "steps": args.steps,
-                       "width": args.width, "dtype": args.dtype, "compute": str(args.compute), "head": "fc",
-                       "num_classes": NUM_CLASSES, "optimizer": f"SGD lr {step.LEARNING_RATE} momentum "
-                       f"{step.MOMENTUM} weight_decay {step.WEIGHT_DECAY} (coupled)"},
+            "config": {
+                "arch": args.arch,
+                "size": args.size,
+                "batch": args.batch,
+                "steps": args.steps,
+                "width": args.width,
+                "dtype": args.dtype,
+                "compute": str(args.compute),
+                "head": "fc",
+                "num_classes": NUM_CLASSES,
+                "optimizer": f"SGD lr {step.LEARNING_RATE} momentum "
+                f"{step.MOMENTUM} weight_decay {step.WEIGHT_DECAY} (coupled)",
+            },
             "machine": info,
             "git": timing.git_state(),
             "load_avg_start": list(load_start),
@@ -160,15 +265,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _utilisation(args, config, record)
         if not args.no_pipeline:
             pipe = profile.pipeline_bench(args.size, args.batch, args.pipeline_seconds)
-            pipe["ratio_to_train_step"] = pipe["images_per_s"] / record["jax"]["step"]["images_per_s"]
+            pipe["ratio_to_train_step"] = (
+                pipe["images_per_s"] / record["jax"]["step"]["images_per_s"]
+            )
             record["input_pipeline"] = pipe
         if args.profile:
-            record["conv_profile"] = profile.conv_profile(args.arch, args.size, args.batch, args.width,
-                                                          compute=args.compute)
-            record["pool_profile"] = profile.pool_profile(args.arch, args.size, args.batch, args.width)
+            record["conv_profile"] = profile.conv_profile(
+                args.arch, args.size, args.batch, args.width, compute=args.compute
+            )
+            record["pool_profile"] = profile.pool_profile(
+                args.arch, args.size, args.batch, args.width
+            )
         if args.torch:
-            record["ratios"] = {f"jax_vs_{name}": record["jax"]["step"]["images_per_s"]
-                                / record[name]["step"]["images_per_s"] for name in contenders if name.startswith("torch")}
+            record["ratios"] = {
+                f"jax_vs_{name}": record["jax"]["step"]["images_per_s"]
+                / record[name]["step"]["images_per_s"]
+                for name in contenders
+                if name.startswith("torch")
+            }
         record["peak_rss_mib"] = timing.peak_rss_mib()
         record["load_avg_end"] = list(os.getloadavg())
         record["wall_s"] = time.time() - t_start
@@ -180,8 +294,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _first_step_only(args: argparse.Namespace) -> dict[str, Any]:
     """The warm-cache probe: build and run one step against ``--cache-dir``; times only."""
-    config = step.bench_config(args.arch, args.size, args.batch, width=args.width, dtype=args.dtype,
-                               cache_dir=args.cache_dir, compute=args.compute)
+    config = step.bench_config(
+        args.arch,
+        args.size,
+        args.batch,
+        width=args.width,
+        dtype=args.dtype,
+        cache_dir=args.cache_dir,
+        compute=args.compute,
+    )
     c = step.compile_step(config)
     return {k: c[k] for k in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s")}
 
@@ -214,14 +335,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     if args.plain:
         args.compute = "xla"
-    if argv is None and not (args.table or args.no_hugepages or args.exports):  # the command line, not a caller
+    if argv is None and not (
+        args.table or args.no_hugepages or args.exports
+    ):  # the command line, not a caller
         hostmem.restart_with_hugepages()  # JAX's and PyTorch's steps alike (vggjax.hostmem)
     if args.table:
         return _tables(args)
     if args.exports:
         if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
             # The test mesh's 8 fake devices (read when JAX first creates its CPU client).
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+            os.environ["XLA_FLAGS"] = (
+                os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+            ).strip()
         from vggjax.bench import exports
 
         record = exports.main_record()

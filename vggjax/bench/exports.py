@@ -21,8 +21,17 @@ import time
 from typing import Any, Callable
 
 PLATFORMS = ("cpu", "cuda", "tpu")
-OPS = ("convolution", "dot_general", "concatenate", "slice", "pad", "reduce_window", "select_and_scatter",
-       "case", "custom_call")
+OPS = (
+    "convolution",
+    "dot_general",
+    "concatenate",
+    "slice",
+    "pad",
+    "reduce_window",
+    "select_and_scatter",
+    "case",
+    "custom_call",
+)
 IMAGENET_CLASSES = 1000
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
@@ -57,31 +66,50 @@ def trainer_steps(config) -> dict[str, tuple[Callable, tuple]]:
     from vggjax import optim, parallel, train
 
     batch = config.batch_size
-    tx = optim.make_optimizer(config.optim, steps_per_epoch=IMAGENET_TRAIN_EXAMPLES // batch,
-                              total_steps=config.num_epochs * (IMAGENET_TRAIN_EXAMPLES // batch))
+    tx = optim.make_optimizer(
+        config.optim,
+        steps_per_epoch=IMAGENET_TRAIN_EXAMPLES // batch,
+        total_steps=config.num_epochs * (IMAGENET_TRAIN_EXAMPLES // batch),
+    )
     graphdef, eval_graphdef, make_state = train.init_state(config, IMAGENET_CLASSES, 3, tx)
     state = jax.eval_shape(make_state)
     size = config.image_size
-    images = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-              "label": jax.ShapeDtypeStruct((batch,), jnp.int32), "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_)}
+    images = {
+        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+        "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
+    }
     loss = "softmax_cross_entropy"
     if config.parallel == "pmap":
         n = jax.local_device_count()
         graphdef = _pmap_graphdef(graphdef, make_state)
-        step = train.make_train_step(graphdef, tx, loss, axis_name=parallel.AXIS, compute=config.compute)
+        step = train.make_train_step(
+            graphdef, tx, loss, axis_name=parallel.AXIS, compute=config.compute
+        )
         ev = train.make_eval_step(eval_graphdef, loss, axis_name=parallel.AXIS)
-        per_device = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), t)  # noqa: E731
-        split = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, x.shape[0] // n, *x.shape[1:]), x.dtype), t)  # noqa: E731
+        per_device = lambda t: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), t
+        )  # noqa: E731
+        split = lambda t: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((n, x.shape[0] // n, *x.shape[1:]), x.dtype), t
+        )  # noqa: E731
         args = (per_device(state), split(images))
-        return {"train": (jax.jit(jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0)), args),
-                "eval": (jax.jit(jax.pmap(ev, axis_name=parallel.AXIS)), args)}
+        return {
+            "train": (jax.jit(jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0)), args),
+            "eval": (jax.jit(jax.pmap(ev, axis_name=parallel.AXIS)), args),
+        }
     mesh = parallel.make_mesh()
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     step = train.make_train_step(graphdef, tx, loss, compute=config.compute)
     ev = train.make_eval_step(eval_graphdef, loss)
     state_sharding = jax.tree.map(lambda _: rep, state)
     args = (_abstract(state, rep), _abstract(images, data))
-    jit_train = jax.jit(step, in_shardings=(state_sharding, data), out_shardings=(state_sharding, rep), donate_argnums=0)
+    jit_train = jax.jit(
+        step,
+        in_shardings=(state_sharding, data),
+        out_shardings=(state_sharding, rep),
+        donate_argnums=0,
+    )
     jit_eval = jax.jit(ev, in_shardings=(state_sharding, data), out_shardings=rep)
     return {"train": (jit_train, args), "eval": (jit_eval, args)}
 
@@ -126,8 +154,8 @@ def main_record() -> dict[str, Any]:
     record: dict[str, Any] = {
         "command": "python -m vggjax.bench --exports",
         "what": "the trainer's steps for the ImageNet config (fc head, 224x224, bfloat16, batch 256 global) "
-                "exported with jax.export per platform under compute='auto'; StableHLO op counts and XLA "
-                "cost-analysis FLOPs of the lowered (unoptimised) module",
+        "exported with jax.export per platform under compute='auto'; StableHLO op counts and XLA "
+        "cost-analysis FLOPs of the lowered (unoptimised) module",
         "devices": jax.device_count(),
         "machine": machine_info(),
         "git": git_state(),
@@ -141,8 +169,11 @@ def main_record() -> dict[str, Any]:
                 for platform in PLATFORMS:
                     t0 = time.perf_counter()
                     counts = op_counts(export(fn, args, platform).mlir_module())
-                    entry[platform] = {"ops": counts, "flops": flops(fn, args, platform),
-                                       "export_s": round(time.perf_counter() - t0, 2)}
+                    entry[platform] = {
+                        "ops": counts,
+                        "flops": flops(fn, args, platform),
+                        "export_s": round(time.perf_counter() - t0, 2),
+                    }
                 record["steps"][f"{arch} {which} {parallel}"] = entry
     return record
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from vggjax.bench.timing import time_calls
 
+
 def conv_layer_shapes(arch: str, size: int, batch: int, width: float = 1.0) -> list[dict[str, Any]]:
     """Every backbone conv of ``arch`` at input ``size``²: name and (N, H, W, C_in, C_out)."""
     from vggjax.models.vgg import ARCHS, CFGS, scale_width
@@ -27,8 +28,9 @@ def conv_layer_shapes(arch: str, size: int, batch: int, width: float = 1.0) -> l
     return out
 
 
-def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5,
-                 compute: str = "auto") -> list[dict[str, Any]]:
+def conv_profile(
+    arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5, compute: str = "auto"
+) -> list[dict[str, Any]]:
     """Forward+backward time of each 3×3 conv layer of ``arch`` in every formulation of :mod:`vggjax.ops`.
 
     ``lax_conv`` (XLA's conv and its gradients), ``im2col`` (patches + one matmul),
@@ -59,8 +61,13 @@ def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
         x = jax.random.normal(jax.random.key(0), (n, h, w, c), jnp.float32)
         k = jax.random.normal(jax.random.key(1), (3, 3, c, o), jnp.float32) * 0.05
         flops = 3 * 2 * n * h * w * 9 * c * o
-        row = {**layer, "flops": flops,
-               "chosen": ops.conv_formulation(policy, jax.default_backend(), (n, h, w, c), (3, 3, c, o), pads)}
+        row = {
+            **layer,
+            "flops": flops,
+            "chosen": ops.conv_formulation(
+                policy, jax.default_backend(), (n, h, w, c), (3, 3, c, o), pads
+            ),
+        }
         for name, f in formulations.items():
             g = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2) * 0.5, argnums=(0, 1)))
             jax.block_until_ready(g(x, k))
@@ -71,7 +78,9 @@ def conv_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
     return rows
 
 
-def pool_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5) -> list[dict[str, Any]]:
+def pool_profile(
+    arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5
+) -> list[dict[str, Any]]:
     """Forward+backward time of each 2×2 max pool of ``arch``: ``reduce_window`` vs argmax-and-select (:mod:`vggjax.ops`)."""
     import jax
     import jax.numpy as jnp
@@ -96,7 +105,9 @@ def pool_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
         ):
             g = jax.jit(jax.grad(lambda x, f=f: jnp.sum(jnp.sin(f(x)))))
             jax.block_until_ready(g(x))
-            row[f"{label}_s"] = float(np.median(time_calls(lambda: jax.block_until_ready(g(x)), reps)))
+            row[f"{label}_s"] = float(
+                np.median(time_calls(lambda: jax.block_until_ready(g(x)), reps))
+            )
         rows.append(row)
     return sorted(rows, key=lambda r: r["name"])
 
@@ -104,13 +115,20 @@ def pool_profile(arch: str, size: int, batch: int, width: float = 1.0, reps: int
 # --- input pipeline --------------------------------------------------------------------
 
 
-def pipeline_bench(size: int, batch: int, seconds: float = 3.0, warmup: int = 5) -> dict[str, float]:
+def pipeline_bench(
+    size: int, batch: int, seconds: float = 3.0, warmup: int = 5
+) -> dict[str, float]:
     """Images/s of the embedded-digits training pipeline alone (resize to ``size``², augment, normalise, batch)."""
     from vggjax import data
 
     batches, _ = data.load(
-        "vggjax_digits", global_batch_size=batch, train=True, image_size=size, channels=3,
-        process_index=0, process_count=1,
+        "vggjax_digits",
+        global_batch_size=batch,
+        train=True,
+        image_size=size,
+        channels=3,
+        process_index=0,
+        process_count=1,
     )
     for _ in range(warmup):
         next(batches)

@@ -22,8 +22,16 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 
 
-def bench_config(arch: str, size: int, batch: int, *, width: float = 1.0, dtype: str = "float32", cache_dir: str = "",
-                 compute: str = "auto"):
+def bench_config(
+    arch: str,
+    size: int,
+    batch: int,
+    *,
+    width: float = 1.0,
+    dtype: str = "float32",
+    cache_dir: str = "",
+    compute: str = "auto",
+):
     """The trainer config for the benchmark: ``arch`` with torchvision's fc head, 10 classes, SGD as torch.
 
     SGD lr 0.01, momentum 0.9, coupled weight decay 5e-4 on every parameter (torch
@@ -34,7 +42,13 @@ def bench_config(arch: str, size: int, batch: int, *, width: float = 1.0, dtype:
 
     config = default.get_config()
     config.model = arch
-    config.model_options = {"width": width, "head": "fc", "head_options": {}, "init": "torchvision", "dropout": 0.5}
+    config.model_options = {
+        "width": width,
+        "head": "fc",
+        "head_options": {},
+        "init": "torchvision",
+        "dropout": 0.5,
+    }
     config.image_size = size
     config.channels = 3
     config.batch_size = batch
@@ -81,7 +95,9 @@ def model_flops(config) -> float:
     config.compute = "xla"
     step_fn, make_state = step_fn_of(config)
     state = jax.eval_shape(make_state)
-    batch = jax.eval_shape(lambda: fixed_batch(config.image_size, config.batch_size, config.channels))
+    batch = jax.eval_shape(
+        lambda: fixed_batch(config.image_size, config.batch_size, config.channels)
+    )
     return cost(jax.jit(step_fn).lower(state, batch))["flops"]
 
 
@@ -91,7 +107,9 @@ def step_fn_of(config) -> tuple[Callable, Callable]:
 
     tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
     graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
-    return train.make_train_step(graphdef, tx, "softmax_cross_entropy", compute=config.compute), make_state
+    return train.make_train_step(
+        graphdef, tx, "softmax_cross_entropy", compute=config.compute
+    ), make_state
 
 
 def build_step(config) -> tuple[Callable, Any]:
@@ -106,9 +124,14 @@ def build_step(config) -> tuple[Callable, Any]:
 
     step_fn, make_state = step_fn_of(config)
     state = jax.jit(make_state)()
-    key = json.dumps({"bench": config.to_dict(), "loss": "softmax_cross_entropy", "classes": NUM_CLASSES},
-                     sort_keys=True, default=str)
-    step = stepcache.CachedStep(step_fn, key=key, cache_dir=config.get("compilation_cache", ""), donate_state=True)
+    key = json.dumps(
+        {"bench": config.to_dict(), "loss": "softmax_cross_entropy", "classes": NUM_CLASSES},
+        sort_keys=True,
+        default=str,
+    )
+    step = stepcache.CachedStep(
+        step_fn, key=key, cache_dir=config.get("compilation_cache", ""), donate_state=True
+    )
     return step, state
 
 
@@ -154,7 +177,10 @@ def cost(compiled) -> dict[str, float]:
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}
     analysis = analysis or {}
-    return {"flops": float(analysis.get("flops", 0.0)), "bytes_accessed": float(analysis.get("bytes accessed", 0.0))}
+    return {
+        "flops": float(analysis.get("flops", 0.0)),
+        "bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
+    }
 
 
 def memory(compiled) -> dict[str, float]:
@@ -165,11 +191,18 @@ def memory(compiled) -> dict[str, float]:
         return {}
     if m is None:
         return {}
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "generated_code_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     return {f.replace("_in_bytes", "_mib"): getattr(m, f, 0) / 2**20 for f in fields}
 
 
-def op_profile(compiled, state: Any, batch: Any, steps: int = 3, top: int = 25) -> tuple[dict[str, Any], Any]:
+def op_profile(
+    compiled, state: Any, batch: Any, steps: int = 3, top: int = 25
+) -> tuple[dict[str, Any], Any]:
     """Time of every XLA op in ``steps`` executions of ``compiled`` (jax.profiler), per step.
 
     Sums the trace events of XLA:CPU's worker threads by op name (thunk names such as
@@ -193,7 +226,12 @@ def op_profile(compiled, state: Any, batch: Any, steps: int = 3, top: int = 25) 
                 jax.block_until_ready((state, metrics))
         finally:
             jax.profiler.stop_trace()
-        files = [os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs if f.endswith(".xplane.pb")]
+        files = [
+            os.path.join(d, f)
+            for d, _, fs in os.walk(trace_dir)
+            for f in fs
+            if f.endswith(".xplane.pb")
+        ]
         data = jax.profiler.ProfileData.from_file(sorted(files)[-1])
         per_op: collections.Counter = collections.Counter()
         for plane in data.planes:
@@ -219,12 +257,16 @@ def op_profile(compiled, state: Any, batch: Any, steps: int = 3, top: int = 25) 
         "steps": steps,
         "total_op_ms_per_step": ms(sum(per_op.values())),
         "by_kind_ms_per_step": {k: ms(v) for k, v in kinds.most_common(15)},
-        "top_ops": [{"op": k, "ms_per_step": ms(v), **hlo.get(k, {})} for k, v in per_op.most_common(top)],
+        "top_ops": [
+            {"op": k, "ms_per_step": ms(v), **hlo.get(k, {})} for k, v in per_op.most_common(top)
+        ],
     }
     return profile, state
 
 
-def jax_step_setup(config) -> tuple[Callable[[], None], dict[str, Any], Callable[..., dict[str, Any]]]:
+def jax_step_setup(
+    config,
+) -> tuple[Callable[[], None], dict[str, Any], Callable[..., dict[str, Any]]]:
     """Compile (cold cache) the train step of ``config``: ``(one_step, record, finish)``.
 
     ``one_step()`` runs one blocking step; ``record`` holds the compile times and loss;
@@ -263,9 +305,24 @@ def warm_cache_probe(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]
     first step a second training run would see. Returns the child's JSON (or an error).
     """
     cmd = [
-        sys.executable, "-m", "vggjax.bench", "--first-step-only", "--cache-dir", cache_dir,
-        "--arch", args.arch, "--size", str(args.size), "--batch", str(args.batch),
-        "--width", str(args.width), "--dtype", args.dtype, "--compute", str(args.compute),
+        sys.executable,
+        "-m",
+        "vggjax.bench",
+        "--first-step-only",
+        "--cache-dir",
+        cache_dir,
+        "--arch",
+        args.arch,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--width",
+        str(args.width),
+        "--dtype",
+        args.dtype,
+        "--compute",
+        str(args.compute),
     ] + (["--no-hugepages"] if args.no_hugepages else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -44,7 +44,9 @@ def time_calls(fn: Callable[[], Any], n: int) -> list[float]:
 WARMUP_ROUNDS = 2  # untimed rounds before the timed steps
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], n: int, warmup: int = WARMUP_ROUNDS) -> dict[str, list[float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], n: int, warmup: int = WARMUP_ROUNDS
+) -> dict[str, list[float]]:
     """Wall seconds of ``n`` calls of each of ``fns``, taken in turns (A B C, B C A, C A B, ...).
 
     The machine is shared: a step timed minutes after another sees another load. In turns,
@@ -87,7 +89,10 @@ def with_host_counters(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list[t
 def host_counter_stats(samples: Sequence[tuple[int, float]]) -> dict[str, float]:
     """Median minor page faults and system CPU seconds per call of :func:`with_host_counters`' samples."""
     faults, system = zip(*samples) if samples else ((0,), (0.0,))
-    return {"page_faults_per_step": float(np.median(faults)), "system_cpu_s_per_step": float(np.median(system))}
+    return {
+        "page_faults_per_step": float(np.median(faults)),
+        "system_cpu_s_per_step": float(np.median(system)),
+    }
 
 
 def peak_rss_mib() -> float:
@@ -100,8 +105,24 @@ def git_state() -> dict[str, Any]:
     ``vggjax`` package and ``pyproject.toml``; not docs or result files) differs from it."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "vggjax", "pyproject.toml"], cwd=root, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "vggjax",
+                "pyproject.toml",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     if head.returncode != 0:
@@ -160,8 +181,13 @@ def matmul_peak(n: int = PEAK_MATMUL_SIZE, reps: int = 7) -> dict[str, float]:
     f(a, b).block_until_ready()
     times = time_calls(lambda: f(a, b).block_until_ready(), reps)
     flops = 2.0 * n**3
-    return {"n": n, "best_s": min(times), "median_s": float(np.median(times)), "gflops": flops / min(times) / 1e9,
-            "gflops_median": flops / float(np.median(times)) / 1e9}
+    return {
+        "n": n,
+        "best_s": min(times),
+        "median_s": float(np.median(times)),
+        "gflops": flops / min(times) / 1e9,
+        "gflops_median": flops / float(np.median(times)) / 1e9,
+    }
 
 
 # --- the JAX train step ----------------------------------------------------------------

@@ -8,8 +8,16 @@ from typing import Any, Callable
 from vggjax.bench.step import LEARNING_RATE, MOMENTUM, NUM_CLASSES, WEIGHT_DECAY
 
 
-def torch_step_setup(arch: str, size: int, batch: int, *, compile: bool, device: str = "cpu",
-                     bf16: bool = False, channels_last: bool = False) -> tuple[Callable[[], None], dict[str, Any]]:
+def torch_step_setup(
+    arch: str,
+    size: int,
+    batch: int,
+    *,
+    compile: bool,
+    device: str = "cpu",
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> tuple[Callable[[], None], dict[str, Any]]:
     """``torchvision.models.<arch>(num_classes=10)`` trained by SGD(0.01, momentum 0.9, wd 5e-4).
 
     Cross-entropy, ``zero_grad(set_to_none=True)`` → forward → backward →
@@ -30,7 +38,9 @@ def torch_step_setup(arch: str, size: int, batch: int, *, compile: bool, device:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
     run = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, size, size, device=dev).to(memory_format=fmt)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=dev)
@@ -49,8 +59,13 @@ def torch_step_setup(arch: str, size: int, batch: int, *, compile: bool, device:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     one()
-    info: dict[str, Any] = {"first_step_s": time.perf_counter() - t0, "threads": torch.get_num_threads(),
-                            "device": str(dev), "bf16_autocast": bf16, "channels_last": channels_last}
+    info: dict[str, Any] = {
+        "first_step_s": time.perf_counter() - t0,
+        "threads": torch.get_num_threads(),
+        "device": str(dev),
+        "bf16_autocast": bf16,
+        "channels_last": channels_last,
+    }
     if cuda:
         info["peak_device_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
         info["device_name"] = torch.cuda.get_device_name()

@@ -21,7 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.model = "vgg16_bn"
     config.model_options = ml_collections.ConfigDict(
-        dict(width=1.0, head="fc", head_options=dict(pool_size=1, hidden=512), init="he_normal", dropout=0.5)
+        dict(
+            width=1.0,
+            head="fc",
+            head_options=dict(pool_size=1, hidden=512),
+            init="he_normal",
+            dropout=0.5,
+        )
     )
     config.optim.learning_rate = 0.05
     config.optim.momentum = 0.9

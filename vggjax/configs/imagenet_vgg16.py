@@ -27,7 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 224
     config.batch_size = 256
     config.model = "vgg16"
-    config.model_options = ml_collections.ConfigDict(dict(width=1.0, head="fc", init="xavier_uniform", dropout=0.5))
+    config.model_options = ml_collections.ConfigDict(
+        dict(width=1.0, head="fc", init="xavier_uniform", dropout=0.5)
+    )
     config.dtype = "bfloat16"
     config.optim.learning_rate = 1e-2
     config.optim.momentum = 0.9

@@ -15,4 +15,12 @@ from vggjax.data.pipeline import (
     load,
 )
 
-__all__ = ["EMBEDDED_DATASETS", "Augment", "DatasetInfo", "build_dataset", "get_datasets", "get_info", "load"]
+__all__ = [
+    "EMBEDDED_DATASETS",
+    "Augment",
+    "DatasetInfo",
+    "build_dataset",
+    "get_datasets",
+    "get_info",
+    "load",
+]

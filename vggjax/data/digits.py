@@ -208,7 +208,9 @@ class VggjaxDigitsMultilabel(_EmbeddedBuilder):
             ),
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(8 * GRID, 8 * GRID, 1), encoding_format="png"),
+                    "image": tfds.features.Image(
+                        shape=(8 * GRID, 8 * GRID, 1), encoding_format="png"
+                    ),
                     "label": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.float32),
                     "cells": tfds.features.Tensor(shape=(n_cells,), dtype=np.int64),
                     "ids": tfds.features.Tensor(shape=(n_cells,), dtype=np.int64),

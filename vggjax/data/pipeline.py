@@ -91,8 +91,12 @@ _SPECS: dict[str, _Spec] = {
     "vggjax_digits_multilabel": _Spec(mean=(0.1898,), std=(0.3312,), augment=_SMALL),
     "mnist": _Spec(mean=(0.1307,), std=(0.3081,), augment=_SMALL),
     "fashion_mnist": _Spec(mean=(0.2860,), std=(0.3530,), augment=_SMALL),
-    "cifar10": _Spec(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), augment=_SMALL_FLIP),
-    "cifar100": _Spec(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), augment=_SMALL_FLIP),
+    "cifar10": _Spec(
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), augment=_SMALL_FLIP
+    ),
+    "cifar100": _Spec(
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), augment=_SMALL_FLIP
+    ),
     "imagenette": _Spec(test_split="validation", eval_crop="center", **_IMAGENET),
     "imagenet2012": _Spec(
         test_split="validation",
@@ -149,7 +153,11 @@ def _spec(name: str, builder: tfds.core.DatasetBuilder | None = None) -> _Spec:
     # Any other TFDS image-classification dataset: no augmentation, [-1, 1] pixels, and
     # its "test" split if it has one (several only have "validation").
     splits = list(builder.info.splits) if builder is not None else []
-    test = "test" if "test" in splits or not splits else ("validation" if "validation" in splits else "test")
+    test = (
+        "test"
+        if "test" in splits or not splits
+        else ("validation" if "validation" in splits else "test")
+    )
     return _Spec(test_split=test)
 
 
@@ -162,7 +170,10 @@ def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
             f"unknown dataset {name!r}; the embedded (offline) ones are {', '.join(EMBEDDED_DATASETS)}, "
             "and any name in tfds.list_builders() works once prepared"
         ) from None
-    except (ValueError, AssertionError):  # Unknown config ("voc/2099") or version ("cifar10:9.9.9").
+    except (
+        ValueError,
+        AssertionError,
+    ):  # Unknown config ("voc/2099") or version ("cifar10:9.9.9").
         try:
             cls = tfds.builder_cls(_base_name(name))
             configs = [c.name for c in (cls.BUILDER_CONFIGS or [])]
@@ -171,7 +182,9 @@ def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
             known = "; ".join(parts) or "see tfds.list_builders()"
         except Exception:
             known = "see tfds.list_builders()"
-        raise DataError(f"dataset {name!r} has no such config or version ({known}); write it as NAME[/CONFIG][:VERSION]") from None
+        raise DataError(
+            f"dataset {name!r} has no such config or version ({known}); write it as NAME[/CONFIG][:VERSION]"
+        ) from None
     if _base_name(name) in EMBEDDED_DATASETS and not builder.is_prepared():
         try:
             from tensorflow_datasets.core.utils import tqdm_utils
@@ -195,7 +208,7 @@ def _not_prepared(name: str, builder: tfds.core.DatasetBuilder) -> DataError:
     # The python form is there because the `tfds` CLI of TFDS 4.9.10 will not start
     # without apache-beam installed.
     build = (
-        f"`tfds build {name} --data_dir {root}` (or `python -c \"import tensorflow_datasets as tfds; "
+        f'`tfds build {name} --data_dir {root}` (or `python -c "import tensorflow_datasets as tfds; '
         f"tfds.builder('{name}', data_dir='{root}').download_and_prepare()\"`)"
     )
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS or spec.manual_files:
@@ -239,32 +252,46 @@ def _num_examples(name: str, builder: tfds.core.DatasetBuilder, split: Any) -> i
         return n if n >= 0 else None
 
 
-def _label_info(name: str, builder: tfds.core.DatasetBuilder, spec: _Spec) -> tuple[str, int, tuple[str, ...]]:
+def _label_info(
+    name: str, builder: tfds.core.DatasetBuilder, spec: _Spec
+) -> tuple[str, int, tuple[str, ...]]:
     """Return (kind, num_classes, class_names); kind is "int", "multi_hot" or "sequence"."""
     features = builder.info.features
     if spec.label not in features:
-        raise DataError(f"dataset {name!r} has no {spec.label!r} feature ({', '.join(features)}); it is not an image classification dataset")
+        raise DataError(
+            f"dataset {name!r} has no {spec.label!r} feature ({', '.join(features)}); it is not an image classification dataset"
+        )
     feature = features[spec.label]
     if isinstance(feature, tfds.features.ClassLabel):
         return "int", feature.num_classes, tuple(feature.names)
-    if isinstance(feature, tfds.features.Sequence) and isinstance(feature.feature, tfds.features.ClassLabel):
+    if isinstance(feature, tfds.features.Sequence) and isinstance(
+        feature.feature, tfds.features.ClassLabel
+    ):
         return "sequence", feature.feature.num_classes, tuple(feature.feature.names)
     if isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 1 and feature.shape[0]:
         k = int(feature.shape[0])
         return "multi_hot", k, tuple(str(i) for i in range(k))
-    raise DataError(f"dataset {name!r}: label feature {spec.label!r} ({type(feature).__name__}) is neither a class id nor a multi-hot vector")
+    raise DataError(
+        f"dataset {name!r}: label feature {spec.label!r} ({type(feature).__name__}) is neither a class id nor a multi-hot vector"
+    )
 
 
-def _image_shape(name: str, builder: tfds.core.DatasetBuilder) -> tuple[int | None, int | None, int]:
+def _image_shape(
+    name: str, builder: tfds.core.DatasetBuilder
+) -> tuple[int | None, int | None, int]:
     """Stored image shape (H, W, C); H and W are None for datasets of mixed sizes."""
     features = builder.info.features
     if "image" not in features or not isinstance(features["image"], tfds.features.Image):
-        raise DataError(f"dataset {name!r} has no 'image' feature; vggjax reads image classification datasets only")
+        raise DataError(
+            f"dataset {name!r} has no 'image' feature; vggjax reads image classification datasets only"
+        )
     h, w, c = features["image"].shape
     return h, w, int(c or 3)
 
 
-def _resolve_classes(name: str, classes: Any, label_kind: str, num_classes: int, names: Sequence[str]) -> tuple[int, ...] | None:
+def _resolve_classes(
+    name: str, classes: Any, label_kind: str, num_classes: int, names: Sequence[str]
+) -> tuple[int, ...] | None:
     """Validate a class subset: distinct ids (or names) of a single-label dataset's classes."""
     if classes is None:
         return None
@@ -283,15 +310,21 @@ def _resolve_classes(name: str, classes: Any, label_kind: str, num_classes: int,
         if isinstance(c, str) and c in names:  # A class name: "airplane".
             c = list(names).index(c)
         elif isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
-            raise ConfigError(f"classes of dataset {name!r} must be class ids or names; {c!r} is neither: {valid}")
+            raise ConfigError(
+                f"classes of dataset {name!r} must be class ids or names; {c!r} is neither: {valid}"
+            )
         if not 0 <= c < num_classes:
             raise ConfigError(f"class id {c} is out of range for dataset {name!r}: {valid}")
         ids.append(int(c))
     if not ids:
-        raise ConfigError(f"classes is empty; give at least one class of dataset {name!r} ({valid}), or None for all")
+        raise ConfigError(
+            f"classes is empty; give at least one class of dataset {name!r} ({valid}), or None for all"
+        )
     dups = sorted({c for c in ids if ids.count(c) > 1})
     if dups:
-        raise ConfigError(f"classes {tuple(ids)} names class {', '.join(map(str, dups))} more than once; each class may appear once")
+        raise ConfigError(
+            f"classes {tuple(ids)} names class {', '.join(map(str, dups))} more than once; each class may appear once"
+        )
     return tuple(ids)
 
 
@@ -302,7 +335,9 @@ _LABEL_COUNTS: dict[tuple, np.ndarray] = {}
 
 def _decoders(spec: _Spec) -> tfds.decode.PartialDecoding:
     """Read only the image (still encoded) and the label: what the pipeline keeps."""
-    return tfds.decode.PartialDecoding({"image": True, spec.label: True}, decoders={"image": tfds.decode.SkipDecoding()})
+    return tfds.decode.PartialDecoding(
+        {"image": True, spec.label: True}, decoders={"image": tfds.decode.SkipDecoding()}
+    )
 
 
 def _label_counts(
@@ -321,12 +356,26 @@ def _label_counts(
     so the count is of exactly the stream :func:`build_dataset` filters (which matters for
     ``tfds.testing.mock_data``, whose fake examples depend on the features read).
     """
-    shard = split if process_count == 1 else tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+    shard = (
+        split
+        if process_count == 1
+        else tfds.split_for_jax_process(
+            split, process_index=process_index, process_count=process_count
+        )
+    )
     try:
         total = int(builder.info.splits[shard].num_examples)
     except (KeyError, ValueError, TypeError):  # No metadata (tfds.testing.mock_data): count afresh.
         total = None
-    key = (str(builder.data_dir), builder.info.full_name, spec.label, split, process_index, process_count, total)
+    key = (
+        str(builder.data_dir),
+        builder.info.full_name,
+        spec.label,
+        split,
+        process_index,
+        process_count,
+        total,
+    )
     if total is None or key not in _LABEL_COUNTS:
         label = spec.label
 
@@ -338,7 +387,9 @@ def _label_counts(
         ds = ds.map(get_label, num_parallel_calls=tf.data.AUTOTUNE).batch(4096).prefetch(2)
         counts = np.zeros(num_classes, np.int64)
         for labels in tfds.as_numpy(ds):
-            labels = labels[(labels >= 0) & (labels < num_classes)]  # -1: unlabelled examples of some datasets.
+            labels = labels[
+                (labels >= 0) & (labels < num_classes)
+            ]  # -1: unlabelled examples of some datasets.
             counts += np.bincount(labels, minlength=num_classes).astype(np.int64)
         _LABEL_COUNTS[key] = counts
     return _LABEL_COUNTS[key]
@@ -356,13 +407,21 @@ def _count(
 ) -> int | None:
     """Examples in this process's shard of ``split``, only those of ``classes`` if given."""
     if classes is None:
-        shard = split if process_count == 1 else tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+        shard = (
+            split
+            if process_count == 1
+            else tfds.split_for_jax_process(
+                split, process_index=process_index, process_count=process_count
+            )
+        )
         return _num_examples(name, builder, shard)
     counts = _label_counts(name, builder, spec, split, num_classes, process_index, process_count)
     return int(counts[list(classes)].sum())
 
 
-def _describe(name: str, builder: tfds.core.DatasetBuilder, spec: _Spec, classes: Any = None) -> DatasetInfo:
+def _describe(
+    name: str, builder: tfds.core.DatasetBuilder, spec: _Spec, classes: Any = None
+) -> DatasetInfo:
     kind, num_classes, names = _label_info(name, builder, spec)
     classes = _resolve_classes(name, classes, kind, num_classes, names)
     return DatasetInfo(
@@ -380,7 +439,9 @@ def _describe(name: str, builder: tfds.core.DatasetBuilder, spec: _Spec, classes
     )
 
 
-def get_info(name: str, data_dir: str | None = None, *, classes: Sequence[int | str] | None = None) -> DatasetInfo:
+def get_info(
+    name: str, data_dir: str | None = None, *, classes: Sequence[int | str] | None = None
+) -> DatasetInfo:
     """Describe dataset ``name`` (building the embedded ones if needed).
 
     Reads nothing but metadata, except with ``classes`` (see :func:`load`): then the
@@ -392,7 +453,9 @@ def get_info(name: str, data_dir: str | None = None, *, classes: Sequence[int | 
     builder = _builder(name, data_dir)
     spec = _spec(name, builder)
     if not builder.is_prepared():
-        _open(name, builder, spec.train_split)  # Raises the "how to prepare" error (mock data passes).
+        _open(
+            name, builder, spec.train_split
+        )  # Raises the "how to prepare" error (mock data passes).
     return _describe(name, builder, spec, classes)
 
 
@@ -411,7 +474,9 @@ def _resolve_augment(augment: Any, spec: _Spec) -> Augment:
                 raise one_of("augment option", key, fields)
         aug = dataclasses.replace(spec.augment, **overrides)
     else:
-        raise ConfigError(f"augment must be 'default', 'none', or a dict of {', '.join(f.name for f in dataclasses.fields(Augment))}; got {augment!r}")
+        raise ConfigError(
+            f"augment must be 'default', 'none', or a dict of {', '.join(f.name for f in dataclasses.fields(Augment))}; got {augment!r}"
+        )
     if aug.crop not in CROPS:
         raise one_of("augment crop", aug.crop, CROPS)
     if not 0 < aug.min_scale <= 1 or not 0 <= aug.pad_fraction < 1:
@@ -430,7 +495,9 @@ def _resolve_normalize(normalize: Any, spec: _Spec, channels: int) -> tuple[np.n
     elif isinstance(normalize, Sequence) and not isinstance(normalize, str) and len(normalize) == 2:
         mean, std = tuple(np.ravel(normalize[0])), tuple(np.ravel(normalize[1]))
     else:
-        raise ConfigError(f"normalize must be 'default', 'imagenet', 'none' or (mean, std) in 0..1 units; got {normalize!r}")
+        raise ConfigError(
+            f"normalize must be 'default', 'imagenet', 'none' or (mean, std) in 0..1 units; got {normalize!r}"
+        )
     out = []
     for stat in (mean, std):
         stat = np.asarray(stat, np.float32)
@@ -439,7 +506,9 @@ def _resolve_normalize(normalize: Any, spec: _Spec, channels: int) -> tuple[np.n
         if stat.size == 1:
             stat = np.repeat(stat, channels)
         if stat.size != channels:
-            raise ConfigError(f"normalize mean/std have {stat.size} values but the images have {channels} channels; give 1 or {channels}")
+            raise ConfigError(
+                f"normalize mean/std have {stat.size} values but the images have {channels} channels; give 1 or {channels}"
+            )
         out.append(stat)
     if np.any(out[1] <= 0):
         raise ConfigError(f"normalize std must be positive; got {tuple(out[1])}")
@@ -454,7 +523,9 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
 
 
-def _random_resized_crop(image: tf.Tensor, size: int, key: tf.Tensor, min_scale: float) -> tf.Tensor:
+def _random_resized_crop(
+    image: tf.Tensor, size: int, key: tf.Tensor, min_scale: float
+) -> tf.Tensor:
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
@@ -470,8 +541,12 @@ def _random_resized_crop(image: tf.Tensor, size: int, key: tf.Tensor, min_scale:
 
 def _center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     shape = tf.shape(image)
-    side = tf.cast(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * _EVAL_CENTER_FRACTION, tf.int32)
-    image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side)
+    side = tf.cast(
+        tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * _EVAL_CENTER_FRACTION, tf.int32
+    )
+    image = tf.image.crop_to_bounding_box(
+        image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side
+    )
     return _resize(image, size)
 
 
@@ -509,11 +584,17 @@ def _make_preprocess(
         image = tf.io.decode_image(example["image"], channels=src_channels, expand_animations=False)
         image.set_shape(src_shape)  # Lets a resize to the stored size be skipped.
         if aug is None:
-            image = _center_crop(image, image_size) if spec.eval_crop == "center" else _resize(image, image_size)
+            image = (
+                _center_crop(image, image_size)
+                if spec.eval_crop == "center"
+                else _resize(image, image_size)
+            )
         else:
             # One independent key per element and per random op: keyed by position, not by
             # call order, so results do not depend on thread scheduling or restarts.
-            crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(tf.random.fold_in(aug_key, index), 2))
+            crop_key, flip_key = tf.unstack(
+                tf.random.experimental.stateless_split(tf.random.fold_in(aug_key, index), 2)
+            )
             if aug.crop == "resized":
                 image = _random_resized_crop(image, image_size, crop_key, aug.min_scale)
             else:
@@ -524,7 +605,11 @@ def _make_preprocess(
                 image = tf.image.stateless_random_flip_left_right(image, flip_key)
         image.set_shape([image_size, image_size, src_channels])
         if channels != src_channels:
-            image = tf.image.rgb_to_grayscale(image) if channels == 1 else tf.tile(image, [1, 1, channels])
+            image = (
+                tf.image.rgb_to_grayscale(image)
+                if channels == 1
+                else tf.tile(image, [1, 1, channels])
+            )
         image = image * scale - shift
 
         label = example[spec.label]
@@ -532,8 +617,12 @@ def _make_preprocess(
             label = tf.cast(label, tf.int32)
             if table is not None:  # Class subset: dataset id -> position in `classes`.
                 label = tf.gather(table, label)
-        elif label_kind == "sequence":  # Class ids of the objects present → multi-hot (empty → zeros).
-            label = tf.minimum(tf.reduce_sum(tf.one_hot(label, num_classes, dtype=tf.float32), axis=0), 1.0)
+        elif (
+            label_kind == "sequence"
+        ):  # Class ids of the objects present → multi-hot (empty → zeros).
+            label = tf.minimum(
+                tf.reduce_sum(tf.one_hot(label, num_classes, dtype=tf.float32), axis=0), 1.0
+            )
         else:
             label = tf.cast(label, tf.float32)
         return {"image": image, "label": label, "mask": tf.constant(True)}
@@ -543,7 +632,9 @@ def _make_preprocess(
 
 def _options() -> tf.data.Options:
     options = tf.data.Options()
-    options.deterministic = True  # Parallel map/interleave must keep order: same seed, same batches.
+    options.deterministic = (
+        True  # Parallel map/interleave must keep order: same seed, same batches.
+    )
     # Input pipelines are throughput-bound: parallelism across elements beats within ops.
     options.threading.max_intra_op_parallelism = 1
     return options
@@ -580,9 +671,13 @@ def build_dataset(
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
-        raise ConfigError(f"process_index {process_index} must be in [0, process_count={process_count})")
+        raise ConfigError(
+            f"process_index {process_index} must be in [0, process_count={process_count})"
+        )
     if global_batch_size < 1 or global_batch_size % process_count:
-        raise ConfigError(f"global_batch_size {global_batch_size} must be a positive multiple of the {process_count} processes")
+        raise ConfigError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of the {process_count} processes"
+        )
     if start_step < 0:
         raise ConfigError(f"start_step must be >= 0; got {start_step}")
     if channels not in (None, 1, 3):
@@ -604,12 +699,16 @@ def build_dataset(
     # Decode images only after shuffling/skipping (the buffer holds compressed bytes and
     # resuming skips without decoding) and read only the features we use. TFDS itself
     # caches splits under 250 MiB (digits, CIFAR) in RAM after the first epoch.
-    local_split = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+    local_split = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count
+    )
     local = _open(name, builder, local_split, decoders=_decoders(spec), shown_split=split)
     # n_local counts the examples this process yields per epoch (the kept ones with classes):
     # the resume arithmetic and the eval padding below rely on it being exact.
     n_local = _count(name, builder, spec, split, classes, num_classes, process_index, process_count)
-    info = dataclasses.replace(_describe(name, builder, spec, classes), channels=channels, image_size=image_size)
+    info = dataclasses.replace(
+        _describe(name, builder, spec, classes), channels=channels, image_size=image_size
+    )
     label_table = None
     if classes is not None:
         # Drop the other classes before anything counts positions (shuffle, enumerate, skip),
@@ -643,7 +742,9 @@ def build_dataset(
     if train:
         if not n_local:
             which = f" of classes {classes}" if classes is not None else ""
-            raise DataError(f"dataset {name!r} split {split!r} has no examples{which} for process {process_index} of {process_count}")
+            raise DataError(
+                f"dataset {name!r} split {split!r} has no examples{which} for process {process_index} of {process_count}"
+            )
         buffer = max(1, min(shuffle_buffer, n_local))
         shuffle_key = tf.random.fold_in(seed_key, 1)
 
@@ -652,8 +753,12 @@ def build_dataset(
             # Each epoch's order depends only on (seed, process, epoch), so a resumed run can
             # jump straight to its epoch instead of replaying every earlier shuffle. Files are
             # read in a fixed order: TFDS already shuffled the examples when it wrote them.
-            s = tf.random.stateless_uniform([], seed=tf.random.fold_in(shuffle_key, e), minval=None, maxval=None, dtype=tf.int64)
-            return local.shuffle(buffer, seed=s, reshuffle_each_iteration=False).enumerate(start=e * n_local)
+            s = tf.random.stateless_uniform(
+                [], seed=tf.random.fold_in(shuffle_key, e), minval=None, maxval=None, dtype=tf.int64
+            )
+            return local.shuffle(buffer, seed=s, reshuffle_each_iteration=False).enumerate(
+                start=e * n_local
+            )
 
         first_epoch, offset = divmod(start_step * local_batch, n_local)
         ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
@@ -664,15 +769,22 @@ def build_dataset(
         counts = [n_local if p == process_index else None for p in range(process_count)]
         for p in range(process_count):
             if counts[p] is None:
-                counts[p] = _count(name, builder, spec, split, classes, num_classes, p, process_count)
+                counts[p] = _count(
+                    name, builder, spec, split, classes, num_classes, p, process_count
+                )
         if any(c is None for c in counts):
-            raise DataError(f"dataset {name!r} split {split!r}: TFDS does not know its size; run `tfds build {name}` again to refresh the metadata")
+            raise DataError(
+                f"dataset {name!r} split {split!r}: TFDS does not know its size; run `tfds build {name}` again to refresh the metadata"
+            )
         num_batches = max(1, math.ceil(max(counts) / local_batch))
         ds = local.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
         padding = tf.data.Dataset.from_tensors(
             {
                 "image": tf.zeros([image_size, image_size, channels], tf.float32),
-                "label": tf.zeros([] if label_kind == "int" else [num_classes], tf.int32 if label_kind == "int" else tf.float32),
+                "label": tf.zeros(
+                    [] if label_kind == "int" else [num_classes],
+                    tf.int32 if label_kind == "int" else tf.float32,
+                ),
                 "mask": tf.constant(False),
             }
         ).repeat()
@@ -776,7 +888,15 @@ def get_datasets(
         classes=classes,
     )
     train_iter, info = load(
-        name, global_batch_size=global_batch_size, train=True, seed=seed, start_step=start_step, augment=augment, **common
+        name,
+        global_batch_size=global_batch_size,
+        train=True,
+        seed=seed,
+        start_step=start_step,
+        augment=augment,
+        **common,
     )
-    eval_batches, _ = load(name, global_batch_size=eval_batch_size or global_batch_size, train=False, **common)
+    eval_batches, _ = load(
+        name, global_batch_size=eval_batch_size or global_batch_size, train=False, **common
+    )
     return train_iter, eval_batches, info

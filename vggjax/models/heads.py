@@ -79,14 +79,18 @@ class FCHead(nnx.Module):
         self.fc8 = layers.linear(hidden, num_classes, **kw)
 
     def __call__(self, x: Array, feats: dict) -> Array:
-        feats["avgpool"] = layers.adaptive_avg_pool(x, self.pool_size)  # unused values cost nothing under jit
+        feats["avgpool"] = layers.adaptive_avg_pool(
+            x, self.pool_size
+        )  # unused values cost nothing under jit
         # avgpool → flatten → fc6 as one op, so that the policy may fold the pooling into
         # fc6's kernel on CPU (vggjax.ops.pooled_linear); elsewhere it is pool then matmul.
         fc6 = self.fc6
         kernel = fc6.kernel[...]
         bias = fc6.bias[...] if fc6.bias is not None else None
         x, kernel, bias = fc6.promote_dtype((x, kernel, bias), dtype=fc6.dtype)
-        x = ops.pooled_linear(x, self.pool_size, kernel, bias, precision=fc6.precision, policy=self.compute)
+        x = ops.pooled_linear(
+            x, self.pool_size, kernel, bias, precision=fc6.precision, policy=self.compute
+        )
         feats["fc6"] = x
         x = _apply(jax.nn.relu, x, feats, "relu6")
         x = _apply(self.drop6, x, feats, "drop6")
@@ -141,13 +145,17 @@ class ConvHead(nnx.Module):
         """
         k = self.kernel_size
         if fc.pool_size != k:
-            raise ConfigError(f"cannot port an fc head pooled to {fc.pool_size}x{fc.pool_size} into a {k}x{k} conv")
+            raise ConfigError(
+                f"cannot port an fc head pooled to {fc.pool_size}x{fc.pool_size} into a {k}x{k} conv"
+            )
         for name in ("fc6", "fc7", "fc8"):
             src, dst = getattr(fc, name), getattr(self, name)
             w = src.kernel.get_value()
             kshape = dst.kernel.get_value().shape
             if w.size != int(jnp.prod(jnp.array(kshape))):
-                raise ConfigError(f"{name}: fc weight {tuple(w.shape)} does not fit conv kernel {kshape}")
+                raise ConfigError(
+                    f"{name}: fc weight {tuple(w.shape)} does not fit conv kernel {kshape}"
+                )
             dst.kernel.set_value(w.reshape(kshape))
             dst.bias.set_value(src.bias.get_value())
         return self
@@ -246,7 +254,11 @@ def make_head(name: str, in_channels: int, num_classes: int, **kwargs) -> nnx.Mo
     cls = HEADS[name]
     import inspect
 
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "in_channels", "num_classes"}
+    allowed = set(inspect.signature(cls.__init__).parameters) - {
+        "self",
+        "in_channels",
+        "num_classes",
+    }
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ConfigError(
@@ -263,6 +275,10 @@ def _check_hidden(name: str, hidden: Any) -> None:
 
     if name == "gap":
         if not (isinstance(hidden, (list, tuple)) and all(width(h) for h in hidden)):
-            raise ConfigError(f"head 'gap' option hidden is a list of 1x1-conv widths, e.g. (256,), or () for none; got {hidden!r}")
+            raise ConfigError(
+                f"head 'gap' option hidden is a list of 1x1-conv widths, e.g. (256,), or () for none; got {hidden!r}"
+            )
     elif not width(hidden):
-        raise ConfigError(f"head {name!r} option hidden is the width of fc6 and fc7, a positive integer such as 4096; got {hidden!r}")
+        raise ConfigError(
+            f"head {name!r} option hidden is the width of fc6 and fc7, a positive integer such as 4096; got {hidden!r}"
+        )

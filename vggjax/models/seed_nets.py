@@ -45,7 +45,25 @@ from vggjax.ops import Policy
 Array = jax.Array
 
 # VGG-16 (config D) without its last max pool: WSDR keeps conv5's 14×14 map at 224 input.
-WSDR_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+WSDR_CFG: list[int | str] = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+]
 
 
 def _rngs(rngs: nnx.Rngs | int) -> nnx.Rngs:
@@ -173,7 +191,9 @@ def _flatten(x: Array, feats: dict, *, expected: int, name: str, why: str) -> Ar
     """Flatten NHWC ``x`` to ``(N, h·w·c)``; the fc1 width is fixed, so check it."""
     n = x.shape[1] * x.shape[2] * x.shape[3]
     if n != expected:
-        raise ShapeError(f"{name} expects 32x32 inputs ({why} = {expected} features for fc1), got {n} features")
+        raise ShapeError(
+            f"{name} expects 32x32 inputs ({why} = {expected} features for fc1), got {n} features"
+        )
     return _rec(feats, "flatten", x.reshape(x.shape[0], n))
 
 
@@ -284,7 +304,9 @@ class NetWidth(_BookNet):
         x = _rec(f, "conv2", self.conv2(x))
         x = _rec(f, "tanh2", jnp.tanh(x))
         x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
-        x = _flatten(x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetWidth", why="8*8*(n_chans1//2)")
+        x = _flatten(
+            x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetWidth", why="8*8*(n_chans1//2)"
+        )
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "tanh3", jnp.tanh(x))
         x = _rec(f, "fc2", self.fc2(x))
@@ -338,7 +360,9 @@ class NetDropout(_BookNet):
         x = _rec(f, "tanh2", jnp.tanh(x))
         x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
         x = _rec(f, "conv2_dropout", self.conv2_dropout(x))
-        x = _flatten(x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetDropout", why="8*8*(n_chans1//2)")
+        x = _flatten(
+            x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetDropout", why="8*8*(n_chans1//2)"
+        )
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "tanh3", jnp.tanh(x))
         x = _rec(f, "fc2", self.fc2(x))
@@ -389,7 +413,13 @@ class NetBatchNorm(_BookNet):
         x = _rec(f, "conv2_batchnorm", self.conv2_batchnorm(x))
         x = _rec(f, "tanh2", jnp.tanh(x))
         x = _rec(f, "pool2", layers.max_pool(x, compute=self.compute))
-        x = _flatten(x, f, expected=8 * 8 * (self.n_chans1 // 2), name="NetBatchNorm", why="8*8*(n_chans1//2)")
+        x = _flatten(
+            x,
+            f,
+            expected=8 * 8 * (self.n_chans1 // 2),
+            name="NetBatchNorm",
+            why="8*8*(n_chans1//2)",
+        )
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "tanh3", jnp.tanh(x))
         x = _rec(f, "fc2", self.fc2(x))
@@ -445,7 +475,9 @@ class NetDepth(_BookNet):
             x = _rec(f, "skip_add", x + skip)
         x = _rec(f, "pool3", layers.max_pool(x, compute=self.compute))
         name = type(self).__name__
-        x = _flatten(x, f, expected=4 * 4 * (self.n_chans1 // 2), name=name, why="4*4*(n_chans1//2)")
+        x = _flatten(
+            x, f, expected=4 * 4 * (self.n_chans1 // 2), name=name, why="4*4*(n_chans1//2)"
+        )
         x = _rec(f, "fc1", self.fc1(x))
         x = _rec(f, "relu4", jax.nn.relu(x))
         x = _rec(f, "fc2", self.fc2(x))
@@ -486,11 +518,15 @@ class ResBlock(nnx.Module):
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.residual = residual
-        self.conv = layers.conv(n_chans, n_chans, 3, padding=1, use_bias=False, compute=compute, **kw)
+        self.conv = layers.conv(
+            n_chans, n_chans, 3, padding=1, use_bias=False, compute=compute, **kw
+        )
         self.batch_norm = layers.batch_norm(n_chans, momentum=norm_momentum, epsilon=1e-5, **kw)
         self.batch_norm.scale.set_value(jnp.full_like(self.batch_norm.scale.get_value(), 0.5))
 
-    def __call__(self, x: Array, feats: dict | None = None, prefix: str = "block", suffix: str = "") -> Array:
+    def __call__(
+        self, x: Array, feats: dict | None = None, prefix: str = "block", suffix: str = ""
+    ) -> Array:
         f = collections.OrderedDict() if feats is None else feats
         out = _rec(f, f"{prefix}_conv{suffix}", self.conv(x))
         out = _rec(f, f"{prefix}_batch_norm{suffix}", self.batch_norm(out))
@@ -545,7 +581,9 @@ class NetResDeep(_BookNet):
         self.n_blocks = n_blocks
         self.shared_block = shared_block
         self.conv1 = _conv3(3, n_chans1, kw, self.compute)
-        bkw = dict(residual=residual, dtype=dtype, param_dtype=param_dtype, compute=self.compute, rngs=rngs)
+        bkw = dict(
+            residual=residual, dtype=dtype, param_dtype=param_dtype, compute=self.compute, rngs=rngs
+        )
         if shared_block:
             self.block = ResBlock(n_chans1, **bkw)
         else:
@@ -579,8 +617,12 @@ class NetResDeep(_BookNet):
 # slim.conv2d's default weights are Xavier (Glorot uniform) with the arg_scope's zero bias;
 # the fc6/fc7 scope overrides both, and fc9 sits inside that scope too (so it keeps the
 # trunc_normal(0.005) weights) but resets its bias to zero.
-OVERFEAT_INIT: dict[str, str] = {"fc6": "trunc_normal(0.005)", "fc7*": "trunc_normal(0.005)",
-                                 "fc9": "trunc_normal(0.005)", "*": "xavier_uniform"}
+OVERFEAT_INIT: dict[str, str] = {
+    "fc6": "trunc_normal(0.005)",
+    "fc7*": "trunc_normal(0.005)",
+    "fc9": "trunc_normal(0.005)",
+    "*": "xavier_uniform",
+}
 OVERFEAT_BIAS_INIT: dict[str, str] = {"fc6": "constant(0.1)", "fc7*": "constant(0.1)", "*": "zeros"}
 
 
@@ -657,7 +699,9 @@ class OverFeatSlim(nnx.Module):
         if batch_norm:
             for name in self._normed_layers():
                 out = getattr(self, name).out_features
-                setattr(self, f"{name}_bn", layers.batch_norm(out, momentum=0.995, epsilon=1e-3, **kw))
+                setattr(
+                    self, f"{name}_bn", layers.batch_norm(out, momentum=0.995, epsilon=1e-3, **kw)
+                )
         self.fc9 = layers.conv(c(1024), num_classes, 1, padding="SAME", compute=self.compute, **kw)
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout_on_logits else None
         initializers.apply(
@@ -695,7 +739,10 @@ class OverFeatSlim(nnx.Module):
 
     def __call__(self, x: Array, *, return_features: bool = False):
         layers.check_input(
-            x, channels=self.in_channels, min_size=self.min_input_size, name="OverFeatSlim",
+            x,
+            channels=self.in_channels,
+            min_size=self.min_input_size,
+            name="OverFeatSlim",
             why="three VALID 3x3 convs, three 2x2 pools, then fc6's 3x3 window",
         )
         f: dict[str, Array] = collections.OrderedDict()
@@ -803,8 +850,12 @@ class SeedNet:
 
 SEED_NETS: dict[str, SeedNet] = {
     "wsdr": SeedNet(wsdr, 224, "seed 000: VGG-16 conv1-5 + ReLU'd GAP scores, no FC"),
-    "wsdr_bn": SeedNet(functools.partial(wsdr, batch_norm=True), 224, "seed 000 with BN (eps 1e-3, momentum 0)"),
-    "vgg16_fc_conv_400": SeedNet(vgg16_fc_conv_400, 400, "seed 001: frozen VGG-16, fc6 as a 12x12 conv, 3 classes"),
+    "wsdr_bn": SeedNet(
+        functools.partial(wsdr, batch_norm=True), 224, "seed 000 with BN (eps 1e-3, momentum 0)"
+    ),
+    "vgg16_fc_conv_400": SeedNet(
+        vgg16_fc_conv_400, 400, "seed 001: frozen VGG-16, fc6 as a 12x12 conv, 3 classes"
+    ),
     "net": SeedNet(Net, 32, "seed 002: CIFAR-2 Net (18,090 params)"),
     "net_width": SeedNet(NetWidth, 32, "seed 002: NetWidth"),
     "net_dropout": SeedNet(NetDropout, 32, "seed 002: NetDropout (Dropout2d 0.4)"),
@@ -812,6 +863,8 @@ SEED_NETS: dict[str, SeedNet] = {
     "net_depth": SeedNet(NetDepth, 32, "seed 002: NetDepth"),
     "net_res": SeedNet(NetRes, 32, "seed 002: NetRes"),
     "net_res_deep": SeedNet(NetResDeep, 32, "seed 002: NetResDeep (10 ResBlocks)"),
-    "overfeat_slim": SeedNet(OverFeatSlim, 60, "seed 003: slim OverFeat, 1x1 heads, 60x60, 3 classes"),
+    "overfeat_slim": SeedNet(
+        OverFeatSlim, 60, "seed 003: slim OverFeat, 1x1 heads, 60x60, 3 classes"
+    ),
     "two_conv_bn": SeedNet(TwoConvBN, 224, "seed 004: [conv, BN, ReLU] x 2, per-pixel logits"),
 }

@@ -34,7 +34,29 @@ CFGS: dict[str, list[Union[int, str]]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    "E": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],
 }
 
 # name -> (config, batch_norm)
@@ -89,10 +111,16 @@ class Features(nnx.Module):
             idx += 1
             cout = scale_width(v, width)
             name = f"{stage}_{idx}"
-            setattr(self, f"conv{name}", layers.conv(cin, cout, 3, padding=1, compute=compute, **kw))
+            setattr(
+                self, f"conv{name}", layers.conv(cin, cout, 3, padding=1, compute=compute, **kw)
+            )
             plan.append(("conv", f"conv{name}"))
             if batch_norm:
-                setattr(self, f"bn{name}", layers.batch_norm(cout, momentum=norm_momentum, epsilon=norm_eps, **kw))
+                setattr(
+                    self,
+                    f"bn{name}",
+                    layers.batch_norm(cout, momentum=norm_momentum, epsilon=norm_eps, **kw),
+                )
                 plan.append(("bn", f"bn{name}"))
             plan.append(("relu", f"relu{name}"))
             cin = cout
@@ -195,7 +223,9 @@ class VGG(nnx.Module):
         if head == "gap" and batch_norm:
             options.setdefault("norm_momentum", norm_momentum)
             options.setdefault("norm_eps", norm_eps)
-        self.head = make_head(head, self.features.out_channels, num_classes, compute=compute, **options, **kw)
+        self.head = make_head(
+            head, self.features.out_channels, num_classes, compute=compute, **options, **kw
+        )
         self.head_name = head
         initializers.apply(self, init, bias_init, rngs=rngs)
 
@@ -210,7 +240,9 @@ class VGG(nnx.Module):
         if self.head.min_feature_size > 1:
             k = self.head.min_feature_size
             why += f" then the {k}x{k} {self.head_name} window"
-        layers.check_input(x, channels=self.in_channels, min_size=self.min_input_size, name=self.name, why=why)
+        layers.check_input(
+            x, channels=self.in_channels, min_size=self.min_input_size, name=self.name, why=why
+        )
         # OrderedDict, not dict: JAX sorts plain dict keys when feats crosses jit/grad.
         feats: dict[str, Array] = collections.OrderedDict()
         x = self.features(x, feats)

@@ -28,8 +28,17 @@ from vggjax.ops.xla import adaptive_avg_pool
 
 Array = jax.Array
 
-__all__ = ["MODES", "Conv", "Policy", "adaptive_avg_pool", "conv_formulation", "max_pool", "plain",
-           "pooled_linear", "sums_of_squares"]
+__all__ = [
+    "MODES",
+    "Conv",
+    "Policy",
+    "adaptive_avg_pool",
+    "conv_formulation",
+    "max_pool",
+    "plain",
+    "pooled_linear",
+    "sums_of_squares",
+]
 
 
 def _dispatch(policy: Policy, args: Sequence[Any], cpu_fn: Callable, xla_fn: Callable) -> Any:
@@ -41,7 +50,9 @@ def _dispatch(policy: Policy, args: Sequence[Any], cpu_fn: Callable, xla_fn: Cal
     return lax.platform_dependent(*args, cpu=cpu_fn, default=xla_fn)
 
 
-def _explicit_padding(padding: Any, in_hw: Sequence[int], kernel_hw: Sequence[int]) -> tuple[tuple[int, int], ...]:
+def _explicit_padding(
+    padding: Any, in_hw: Sequence[int], kernel_hw: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
     """``padding`` ("SAME", "VALID" or ((lo, hi), (lo, hi))) as explicit (lo, hi) pairs for stride 1."""
     if isinstance(padding, str):
         return tuple(lax.padtype_to_pads(tuple(in_hw), tuple(kernel_hw), (1, 1), padding))
@@ -54,14 +65,21 @@ def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
         return False
     if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
         # Flax passes specs as permutations: NHWC lhs = (0, 3, 1, 2), HWIO rhs = (3, 2, 0, 1).
-        return (tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
-                and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
-                and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
+        return (
+            tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+            and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+            and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
+        )
     return tuple(dimension_numbers) == xla.NHWC
 
 
-def conv_formulation(policy: Policy, platform: str, x_shape: Sequence[int], kernel_shape: Sequence[int],
-                     padding: Any = "SAME") -> str:
+def conv_formulation(
+    policy: Policy,
+    platform: str,
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    padding: Any = "SAME",
+) -> str:
     """The formulation a stride-1 NHWC conv of these shapes runs when lowered for ``platform``.
 
     ``"lax_conv"`` off CPU under ``"auto"`` (and always under ``"xla"``); otherwise what
@@ -70,7 +88,9 @@ def conv_formulation(policy: Policy, platform: str, x_shape: Sequence[int], kern
     if policy.formulations(platform) == "xla":
         return "lax_conv"
     pads = _explicit_padding(padding, x_shape[1:3], kernel_shape[:2])
-    return cpu.choose(policy, x_shape[1:3], kernel_shape[:2], pads, x_shape[3], kernel_shape[3], x_shape[0])
+    return cpu.choose(
+        policy, x_shape[1:3], kernel_shape[:2], pads, x_shape[3], kernel_shape[3], x_shape[0]
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +104,21 @@ class Conv:
 
     policy: Policy = Policy()
 
-    def __call__(self, lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
-                 lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
-                 dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
-                 precision: Any = None, preferred_element_type: Any = None, **kwargs: Any) -> Array:
+    def __call__(
+        self,
+        lhs: Array,
+        rhs: Array,
+        window_strides: Sequence[int],
+        padding: Any,
+        lhs_dilation: Sequence[int] | None = None,
+        rhs_dilation: Sequence[int] | None = None,
+        dimension_numbers: Any = None,
+        feature_group_count: int = 1,
+        batch_group_count: int = 1,
+        precision: Any = None,
+        preferred_element_type: Any = None,
+        **kwargs: Any,
+    ) -> Array:
         ones = (1,) * (lhs.ndim - 2)
         simple = (
             self.policy.mode != "xla"
@@ -101,18 +132,38 @@ class Conv:
         )
         if simple:
             pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
-            kind = cpu.choose(self.policy, lhs.shape[1:3], rhs.shape[:2], pads, lhs.shape[3], rhs.shape[3], lhs.shape[0])
+            kind = cpu.choose(
+                self.policy,
+                lhs.shape[1:3],
+                rhs.shape[:2],
+                pads,
+                lhs.shape[3],
+                rhs.shape[3],
+                lhs.shape[0],
+            )
             if kind != "lax_conv":
                 return _dispatch(
-                    self.policy, (lhs, rhs),
-                    lambda x, k: cpu.conv(self.policy, x, k, pads, precision, preferred_element_type),
+                    self.policy,
+                    (lhs, rhs),
+                    lambda x, k: cpu.conv(
+                        self.policy, x, k, pads, precision, preferred_element_type
+                    ),
                     lambda x, k: xla.conv_nhwc(x, k, pads, precision, preferred_element_type),
                 )
         return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count, precision=precision,
-            preferred_element_type=preferred_element_type, **kwargs)
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            **kwargs,
+        )
 
 
 def max_pool(x: Array, size: int = 2, *, policy: Policy = Policy()) -> Array:
@@ -127,8 +178,15 @@ def max_pool(x: Array, size: int = 2, *, policy: Policy = Policy()) -> Array:
     return _dispatch(policy, (x,), lambda v: cpu.max_pool(v, size), lambda v: xla.max_pool(v, size))
 
 
-def pooled_linear(x: Array, pool_size: int | tuple[int, int], kernel: Array, bias: Array | None, *,
-                  precision: Any = None, policy: Policy = Policy()) -> Array:
+def pooled_linear(
+    x: Array,
+    pool_size: int | tuple[int, int],
+    kernel: Array,
+    bias: Array | None,
+    *,
+    precision: Any = None,
+    policy: Policy = Policy(),
+) -> Array:
     """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias`` (torchvision's avgpool → fc6).
 
     ``x``: ``(N, h, w, C)``; ``kernel``: ``(oh·ow·C, K)`` in (h, w, c) flatten order; returns
@@ -139,7 +197,12 @@ def pooled_linear(x: Array, pool_size: int | tuple[int, int], kernel: Array, bia
     plain_fn = lambda v, k, b: xla.pooled_linear(v, size, k, b, precision)  # noqa: E731
     if not cpu.folds_pooled_linear(policy, x.shape[1:3], size, x.shape[0]):
         return plain_fn(x, kernel, bias)
-    return _dispatch(policy, (x, kernel, bias), lambda v, k, b: cpu.pooled_linear(v, size, k, b, precision), plain_fn)
+    return _dispatch(
+        policy,
+        (x, kernel, bias),
+        lambda v, k, b: cpu.pooled_linear(v, size, k, b, precision),
+        plain_fn,
+    )
 
 
 def sums_of_squares(leaves: Sequence[Array], *, policy: Policy = Policy()) -> list[Array]:
@@ -149,6 +212,10 @@ def sums_of_squares(leaves: Sequence[Array], *, policy: Policy = Policy()) -> li
         return []
     if not policy.squares_by_dot:
         return [xla.sum_of_squares(x) for x in leaves]
-    out = _dispatch(policy, (leaves,), lambda ls: [cpu.sum_of_squares(x) for x in ls],
-                    lambda ls: [xla.sum_of_squares(x) for x in ls])
+    out = _dispatch(
+        policy,
+        (leaves,),
+        lambda ls: [cpu.sum_of_squares(x) for x in ls],
+        lambda ls: [xla.sum_of_squares(x) for x in ls],
+    )
     return list(out)

@@ -43,8 +43,14 @@ Array = jax.Array
 Pads = Sequence[tuple[int, int]]
 
 
-def use_im2col(policy: Policy, in_hw: Sequence[int], kernel_hw: Sequence[int], padding: Pads,
-               in_channels: int | None = None, batch: int | None = None) -> bool:
+def use_im2col(
+    policy: Policy,
+    in_hw: Sequence[int],
+    kernel_hw: Sequence[int],
+    padding: Pads,
+    in_channels: int | None = None,
+    batch: int | None = None,
+) -> bool:
     """im2col + one matmul: a kernel larger than 1×1 whose output map has ≤ ``im2col_max_pixels``
     pixels, whose matmul has ≤ ``im2col_max_rows`` rows (``batch`` × output pixels), or whose
     input has ≤ ``im2col_max_in_channels`` channels (the image layer).
@@ -69,7 +75,9 @@ def use_row_im2col(policy: Policy, kernel_hw: Sequence[int], out_channels: int) 
     return tuple(kernel_hw) != (1, 1) and out_channels <= policy.row_im2col_max_out_channels
 
 
-def use_tap_gradient(policy: Policy, in_hw: Sequence[int], kernel_hw: Sequence[int], out_channels: int) -> bool:
+def use_tap_gradient(
+    policy: Policy, in_hw: Sequence[int], kernel_hw: Sequence[int], out_channels: int
+) -> bool:
     """Per-tap kernel gradient: maps of ≥ ``tapgrad_min_pixels`` pixels, ≥ ``tapgrad_min_out_channels`` outputs."""
     return (
         tuple(kernel_hw) != (1, 1)
@@ -78,8 +86,15 @@ def use_tap_gradient(policy: Policy, in_hw: Sequence[int], kernel_hw: Sequence[i
     )
 
 
-def choose(policy: Policy, in_hw: Sequence[int], kernel_hw: Sequence[int], padding: Pads,
-           in_channels: int, out_channels: int, batch: int) -> str:
+def choose(
+    policy: Policy,
+    in_hw: Sequence[int],
+    kernel_hw: Sequence[int],
+    padding: Pads,
+    in_channels: int,
+    out_channels: int,
+    batch: int,
+) -> str:
     """The CPU formulation of a stride-1 NHWC conv of this shape.
 
     ``"im2col"``, ``"rows"`` (:func:`row_im2col_conv`), ``"tapgrad"`` or ``"lax_conv"``,
@@ -115,8 +130,14 @@ def _live_taps(size: int, k: int, lo: int, out: int) -> tuple[int, int]:
     return first, last
 
 
-def im2col_conv(x: Array, kernel: Array, padding: Pads, *, precision: Any = None,
-                preferred_element_type: Any = None) -> Array:
+def im2col_conv(
+    x: Array,
+    kernel: Array,
+    padding: Pads,
+    *,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> Array:
     """Stride-1 NHWC × HWIO convolution as patch extraction + one matmul.
 
     ``x``: ``(N, H, W, C)``; ``kernel``: ``(kh, kw, C, O)``; ``padding``: ((top, bottom),
@@ -132,13 +153,23 @@ def im2col_conv(x: Array, kernel: Array, padding: Pads, *, precision: Any = None
     cols = [xp[:, i : i + oh, j : j + ow, :] for i in range(i0, i1 + 1) for j in range(j0, j1 + 1)]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     k = kernel[i0 : i1 + 1, j0 : j1 + 1].reshape(-1, o)
-    y = jnp.matmul(patches.reshape(n * oh * ow, -1), k, precision=precision,
-                   preferred_element_type=preferred_element_type)
+    y = jnp.matmul(
+        patches.reshape(n * oh * ow, -1),
+        k,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     return y.reshape(n, oh, ow, o)
 
 
-def row_im2col_conv(x: Array, kernel: Array, padding: Pads, *, precision: Any = None,
-                    preferred_element_type: Any = None) -> Array:
+def row_im2col_conv(
+    x: Array,
+    kernel: Array,
+    padding: Pads,
+    *,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> Array:
     """Stride-1 NHWC × HWIO convolution as im2col along the width only, one matmul, shifted adds.
 
     The ``kw`` horizontal taps are concatenated on the channel axis for every padded row
@@ -156,15 +187,24 @@ def row_im2col_conv(x: Array, kernel: Array, padding: Pads, *, precision: Any = 
     else:
         rows = xp[:, :, :ow, :]
     k = jnp.concatenate([kernel[i].reshape(kw * c, o) for i in range(kh)], axis=-1)  # (kw·C, kh·O)
-    z = jnp.matmul(rows.reshape(n * hp * ow, kw * c), k, precision=precision,
-                   preferred_element_type=preferred_element_type)
+    z = jnp.matmul(
+        rows.reshape(n * hp * ow, kw * c),
+        k,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     z = z.reshape(n, hp, ow, kh * o)
     return sum(z[:, i : i + oh, :, i * o : (i + 1) * o] for i in range(kh))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def tapgrad_conv(x: Array, kernel: Array, padding: tuple[tuple[int, int], ...], precision: Any = None,
-                 pet: Any = None) -> Array:
+def tapgrad_conv(
+    x: Array,
+    kernel: Array,
+    padding: tuple[tuple[int, int], ...],
+    precision: Any = None,
+    pet: Any = None,
+) -> Array:
     """Stride-1 NHWC × HWIO conv: ``lax.conv`` forward and input gradient, kernel gradient by taps.
 
     The kernel gradient ``dK[i, j] = Σ_{n,h,w} x_pad[n, h+i, w+j, :]ᵀ · dy[n, h, w, :]`` is
@@ -190,8 +230,13 @@ def _tapgrad_bwd(padding, precision, pet, res, dy):
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     dy2 = dy.reshape(-1, o)
     taps = [
-        lax.dot_general(xp[:, i : i + oh, j : j + ow, :].reshape(-1, c), dy2, (((0,), (0,)), ((), ())),
-                        precision=precision, preferred_element_type=jnp.float32)
+        lax.dot_general(
+            xp[:, i : i + oh, j : j + ow, :].reshape(-1, c),
+            dy2,
+            (((0,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=jnp.float32,
+        )
         for i in range(kh)
         for j in range(kw)
     ]
@@ -202,9 +247,13 @@ def _tapgrad_bwd(padding, precision, pet, res, dy):
 tapgrad_conv.defvjp(_tapgrad_fwd, _tapgrad_bwd)
 
 
-def conv(policy: Policy, x: Array, kernel: Array, padding: Pads, precision: Any = None, pet: Any = None) -> Array:
+def conv(
+    policy: Policy, x: Array, kernel: Array, padding: Pads, precision: Any = None, pet: Any = None
+) -> Array:
     """A stride-1 NHWC × HWIO conv (explicit padding) in the formulation :func:`choose` picks."""
-    kind = choose(policy, x.shape[1:3], kernel.shape[:2], padding, x.shape[3], kernel.shape[3], x.shape[0])
+    kind = choose(
+        policy, x.shape[1:3], kernel.shape[:2], padding, x.shape[3], kernel.shape[3], x.shape[0]
+    )
     if kind == "im2col":
         return im2col_conv(x, kernel, padding, precision=precision, preferred_element_type=pet)
     if kind == "rows":
@@ -226,13 +275,17 @@ def max_pool(x: Array, size: int = 2) -> Array:
     n, h, w, c = x.shape
     oh, ow = h // size, w // size
     xw = x[:, : oh * size, : ow * size, :].reshape(n, oh, size, ow, size, c)
-    xw = jnp.stack([xw[:, :, i, :, j] for i in range(size) for j in range(size)], axis=3)  # (n, oh, ow, size², c)
+    xw = jnp.stack(
+        [xw[:, :, i, :, j] for i in range(size) for j in range(size)], axis=3
+    )  # (n, oh, ow, size², c)
     first = lax.stop_gradient(jnp.argmax(xw, axis=3, keepdims=True))
     pick = jnp.arange(size * size).reshape(1, 1, 1, -1, 1) == first
     return jnp.sum(jnp.where(pick, xw, jnp.zeros((), x.dtype)), axis=3)
 
 
-def folds_pooled_linear(policy: Policy, in_hw: tuple[int, int], pool_size: tuple[int, int], batch: int) -> bool:
+def folds_pooled_linear(
+    policy: Policy, in_hw: tuple[int, int], pool_size: tuple[int, int], batch: int
+) -> bool:
     """Whether :func:`pooled_linear` folds the pooling into the kernel (a static choice).
 
     Folding costs one pass over the weights (``oh·h·ow + h·ow·w`` multiply-adds per
@@ -246,7 +299,9 @@ def folds_pooled_linear(policy: Policy, in_hw: tuple[int, int], pool_size: tuple
     return (oh * h * ow + h * ow * w) + batch * h * w < batch * oh * ow
 
 
-def pooled_linear(x: Array, pool_size: tuple[int, int], kernel: Array, bias: Array | None, precision: Any = None) -> Array:
+def pooled_linear(
+    x: Array, pool_size: tuple[int, int], kernel: Array, bias: Array | None, precision: Any = None
+) -> Array:
     """:func:`vggjax.ops.xla.pooled_linear` with the averaging matrices applied to the kernel.
 
     ``(oh·ow·C, K) → (h·w·C, K)`` is the same linear map at a fraction of the FLOPs when
@@ -257,7 +312,11 @@ def pooled_linear(x: Array, pool_size: tuple[int, int], kernel: Array, bias: Arr
     oh, ow = pool_size
     n, h, w, c = x.shape
     fold = np.kron(xla.adaptive_matrix(h, oh), xla.adaptive_matrix(w, ow)).T  # (h·w, oh·ow)
-    k_eff = jnp.matmul(jnp.asarray(fold, kernel.dtype), kernel.reshape(oh * ow, -1), precision=lax.Precision.HIGHEST)
+    k_eff = jnp.matmul(
+        jnp.asarray(fold, kernel.dtype),
+        kernel.reshape(oh * ow, -1),
+        precision=lax.Precision.HIGHEST,
+    )
     y = jnp.matmul(x.reshape(n, -1), k_eff.reshape(h * w * c, -1), precision=precision)
     return y if bias is None else y + bias
 

@@ -73,7 +73,9 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"unknown compute mode {self.mode!r}; valid: {', '.join(MODES)} (e.g. compute='auto')")
+            raise ConfigError(
+                f"unknown compute mode {self.mode!r}; valid: {', '.join(MODES)} (e.g. compute='auto')"
+            )
         for f in dataclasses.fields(self)[1:]:
             value = getattr(self, f.name)
             if f.type == "bool":
@@ -94,17 +96,23 @@ class Policy:
         if isinstance(spec, Mapping):
             return cls._from_fields(dict(spec), repr(dict(spec)))
         if not isinstance(spec, str):
-            raise ConfigError(f"compute must be a policy spec such as 'auto', 'xla' or 'cpu', got {spec!r}")
+            raise ConfigError(
+                f"compute must be a policy spec such as 'auto', 'xla' or 'cpu', got {spec!r}"
+            )
         mode, *items = [part.strip() for part in spec.split(",")]
         fields: dict[str, Any] = {"mode": mode}
         for item in items:
             key, eq, text = item.partition("=")
             if not eq:
-                raise ConfigError(f"compute policy {spec!r}: {item!r} is not field=value; e.g. 'auto,tapgrad_min_pixels=256'")
+                raise ConfigError(
+                    f"compute policy {spec!r}: {item!r} is not field=value; e.g. 'auto,tapgrad_min_pixels=256'"
+                )
             try:
                 fields[key.strip()] = ast.literal_eval(text.strip())
             except (ValueError, SyntaxError):
-                raise ConfigError(f"compute policy {spec!r}: {text.strip()!r} is not a number or True/False") from None
+                raise ConfigError(
+                    f"compute policy {spec!r}: {text.strip()!r} is not a number or True/False"
+                ) from None
         return cls._from_fields(fields, repr(spec))
 
     @classmethod
@@ -112,13 +120,18 @@ class Policy:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(fields) - set(names))
         if unknown:
-            raise ConfigError(f"compute policy {given}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+            raise ConfigError(
+                f"compute policy {given}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}"
+            )
         return cls(**fields)
 
     def __str__(self) -> str:
         default = Policy()
-        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)[1:]
-                   if getattr(self, f.name) != getattr(default, f.name)]
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)[1:]
+            if getattr(self, f.name) != getattr(default, f.name)
+        ]
         return ",".join([self.mode, *changed])
 
     def formulations(self, platform: str) -> str:
@@ -134,8 +147,11 @@ class Policy:
     def describe(self, platform: str) -> str:
         """One line for humans: the policy and what it runs on ``platform``."""
         kind = self.formulations(platform)
-        what = ("CPU-tuned formulations (im2col / per-tap kernel gradients, argmax max pooling, fc6 fold)"
-                if kind == "cpu" else "native XLA ops (convolution, reduce_window max pooling, pool then Linear)")
+        what = (
+            "CPU-tuned formulations (im2col / per-tap kernel gradients, argmax max pooling, fc6 fold)"
+            if kind == "cpu"
+            else "native XLA ops (convolution, reduce_window max pooling, pool then Linear)"
+        )
         return f"{self} (lowered for {platform}: {what})"
 
 

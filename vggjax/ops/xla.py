@@ -23,11 +23,23 @@ Array = jax.Array
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def conv_nhwc(x: Array, kernel: Array, padding: Sequence[tuple[int, int]], precision: Any = None,
-              pet: Any = None) -> Array:
+def conv_nhwc(
+    x: Array,
+    kernel: Array,
+    padding: Sequence[tuple[int, int]],
+    precision: Any = None,
+    pet: Any = None,
+) -> Array:
     """Stride-1 NHWC × HWIO ``lax.conv_general_dilated`` with explicit padding; ``pet``: preferred_element_type."""
-    return lax.conv_general_dilated(x, kernel, (1, 1), tuple(map(tuple, padding)), dimension_numbers=NHWC,
-                                    precision=precision, preferred_element_type=pet)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        tuple(map(tuple, padding)),
+        dimension_numbers=NHWC,
+        precision=precision,
+        preferred_element_type=pet,
+    )
 
 
 def max_pool(x: Array, size: int = 2) -> Array:
@@ -69,7 +81,9 @@ def adaptive_avg_pool(x: Array, output_size: int | tuple[int, int]) -> Array:
     return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw, precision=lax.Precision.HIGHEST)
 
 
-def pooled_linear(x: Array, pool_size: tuple[int, int], kernel: Array, bias: Array | None, precision: Any = None) -> Array:
+def pooled_linear(
+    x: Array, pool_size: tuple[int, int], kernel: Array, bias: Array | None, precision: Any = None
+) -> Array:
     """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias``: torchvision's avgpool → flatten → fc6.
 
     ``x``: ``(N, h, w, C)``; ``kernel``: ``(oh·ow·C, K)`` in (h, w, c) flatten order; returns ``(N, K)``.
