@@ -49,7 +49,7 @@ from flax import nnx
 
 from vggjax import diagnostics, losses, optim
 from vggjax.data import load
-from vggjax.models.seed_nets import Net, NetDepth, NetRes, NetResDeep
+from vggjax.models.reference import Net, NetDepth, NetRes, NetResDeep
 from vggjax.train import make_eval_step, make_train_step, merge, state_from_model
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "book_nets")

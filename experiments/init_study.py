@@ -40,7 +40,7 @@ import optax
 from flax import nnx
 
 from vggjax import losses, optim
-from vggjax.models.seed_nets import TwoConvBN
+from vggjax.models.reference import TwoConvBN
 from vggjax.train import make_train_step, state_from_model
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "init_study")
@@ -472,7 +472,7 @@ def main(argv=None) -> dict:
             + (sys.argv[1:] if argv is None else list(argv))
         ),
         "settings": {
-            "model": "vggjax.models.seed_nets.TwoConvBN (conv 3->3 3x3 pad 1 no bias, BN eps 1e-5, ReLU) x 2",
+            "model": "vggjax.models.reference.TwoConvBN (conv 3->3 3x3 pad 1 no bias, BN eps 1e-5, ReLU) x 2",
             "image": image_source,
             "image_shape_nhwc": list(image.shape),
             "label": f"every pixel = {LABEL}",

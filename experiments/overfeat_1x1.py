@@ -1,6 +1,6 @@
 """Why a second 1×1 conv (``fc7_1``) keeps slim-OverFeat at loss ln 3 (reference case, seed 003).
 
-The seed's network (:class:`vggjax.models.seed_nets.OverFeatSlim`: 60×60×3 in, 3 classes)
+The seed's network (:class:`vggjax.models.reference.OverFeatSlim`: 60×60×3 in, 3 classes)
 has fc6 (3×3 conv, 512) and fc7 (1×1, 1024) with truncated-normal(0.005) weights and bias
 0.1, and weight decay 5e-4. With one 1×1 layer it trains; adding ``fc7_1`` (1×1, 1024, the
 same initialisers) makes "the loss stick at 1" — ln 3 = 1.0986 for 3 classes.
@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 
 from vggjax import optim
-from vggjax.models.seed_nets import OverFeatSlim
+from vggjax.models.reference import OverFeatSlim
 from vggjax.train import make_train_step, merge, split_model, state_from_model
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "overfeat_1x1")

@@ -275,7 +275,7 @@ def test_kernel_order_follows_execution():
 
 
 def test_kernel_order_residual_blocks():
-    from vggjax.models.seed_nets import NetResDeep
+    from vggjax.models.reference import NetResDeep
 
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     # Eleven blocks: execution order, not pytree order (which puts block10 before block2).

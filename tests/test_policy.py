@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import vggjax
-from vggjax import ops
+from vggjax import ops, training
 from vggjax.errors import ConfigError
 from vggjax.ops import Policy, cpu
 
@@ -150,7 +150,7 @@ def test_auto_on_cpu_is_the_cpu_program_with_no_conditional_left():
 def test_trainer_config_summary_and_reference_nets_take_the_policy():
     from vggjax import summary, train
     from vggjax.configs import default
-    from vggjax.models import seed_nets
+    from vggjax.models import reference
 
     config = default.get_config()
     assert config.compute == "auto"
@@ -159,10 +159,10 @@ def test_trainer_config_summary_and_reference_nets_take_the_policy():
     assert model.compute == Policy("xla")
     config.compute = "auto,nope=1"
     with pytest.raises(ConfigError, match="unknown field"):
-        train._check_config(config)
+        training.config.check_config(config)
     text = summary.summary(_tiny("xla"), (1, 32, 32, 3), flops=False)
     assert "Compute policy: xla (lowered for cpu: native XLA ops" in text
-    for name, net in seed_nets.SEED_NETS.items():
+    for name, net in reference.NETS.items():
         m = nnx.eval_shape(lambda net=net: net(compute="xla"))
         convs = [c for _, c in nnx.iter_graph(m) if isinstance(c, nnx.Conv)]
         assert convs and all(c.conv_general_dilated.policy == Policy("xla") for c in convs), name

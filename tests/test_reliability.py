@@ -33,7 +33,7 @@ import pytest
 from subproc import ROOT, cpu_env
 from train_helpers import tiny_config
 
-from vggjax import checkpoint, metrics, train
+from vggjax import checkpoint, metrics, optim, train, training
 from vggjax.errors import CheckpointError, WorkdirError
 
 # --- killing and preempting the CLI ------------------------------------------------------
@@ -397,7 +397,7 @@ def test_trainer_reports_full_disk_at_save_time_and_resumes_after(tmp_path, monk
 
 def test_full_disk_before_training_is_a_clear_error(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage._replace(free=5 << 20))
+    monkeypatch.setattr(training.workdir.shutil, "disk_usage", lambda p: usage._replace(free=5 << 20))
     with pytest.raises(WorkdirError) as e:
         train.train_and_evaluate(digits(num_train_steps=2), str(tmp_path / "run"))
     # width 1/16: 0.1 MiB of state; the 16 MiB reserve for metrics decides.
@@ -410,13 +410,13 @@ def test_full_disk_before_training_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_checkpoint_size_estimate_matches_a_saved_state(tmp_path):
     config = vgg_config()
-    tx = train.optim.make_optimizer(config.optim, steps_per_epoch=89, total_steps=3)
+    tx = optim.make_optimizer(config.optim, steps_per_epoch=89, total_steps=3)
     make = train.init_state(config, 10, 1, tx)[2]
     state = jax.jit(make)()
     with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
         ckpt.save(1, state)
     on_disk = sum(p.stat().st_size for p in (tmp_path / "1" / "state").rglob("*") if p.is_file())
-    estimate = train._nbytes(jax.eval_shape(make))
+    estimate = training.state.nbytes(jax.eval_shape(make))
     # Orbax compresses (zstd) and adds metadata: the estimate is an upper bound of the arrays.
     assert 0.3 * estimate < on_disk < estimate + (1 << 20), (on_disk, estimate)
 
@@ -426,7 +426,7 @@ def test_checkpoint_size_estimate_matches_a_saved_state(tmp_path):
 
 def test_forward_order_follows_the_network():
     config = vgg_config()
-    tx = train.optim.make_optimizer(config.optim, steps_per_epoch=89, total_steps=3)
+    tx = optim.make_optimizer(config.optim, steps_per_epoch=89, total_steps=3)
     graphdef, _, make = train.init_state(config, 10, 1, tx)
     state = jax.eval_shape(make)
     names = train.leaf_names(state.params)

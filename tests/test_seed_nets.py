@@ -9,7 +9,7 @@ from flax import nnx
 import vggjax
 from vggjax.errors import ShapeError
 from vggjax.freeze import Frozen
-from vggjax.models import seed_nets as S
+from vggjax.models import reference as S
 from vggjax.summary import summarize
 
 
@@ -307,7 +307,11 @@ def test_two_conv_bn_init_runs():
 
 
 def test_registry_and_exports():
-    assert set(S.SEED_NETS) >= {
+    """The reference nets are registered by name (the trainer's config.model) and live in
+    vggjax.models.reference only; vggjax.* is the VGG API."""
+    from vggjax.models import registry
+
+    reference = {
         "wsdr",
         "wsdr_bn",
         "vgg16_fc_conv_400",
@@ -321,6 +325,9 @@ def test_registry_and_exports():
         "overfeat_slim",
         "two_conv_bn",
     }
+    assert set(S.NETS) == reference == set(registry.names("reference"))
+    assert set(registry.names("vgg")) == set(vggjax.ARCHS)
+    assert all(registry.get(n) is S.NETS[n] for n in reference)
     for name in (
         "Net",
         "NetResDeep",
@@ -330,9 +337,22 @@ def test_registry_and_exports():
         "vgg16_fc_conv_400",
         "SEED_NETS",
     ):
-        assert getattr(vggjax, name) is getattr(S, name)
-    assert (
-        S.SEED_NETS["wsdr_bn"].input_size == 224 and S.SEED_NETS["overfeat_slim"].input_size == 60
-    )
-    model = nnx.eval_shape(lambda: S.SEED_NETS["wsdr_bn"](rngs=nnx.Rngs(0)))
+        assert not hasattr(vggjax, name), name
+    assert set(vggjax.__all__) >= {
+        "VGG",
+        "vgg16_bn",
+        "FCHead",
+        "ConvHead",
+        "GAPHead",
+        "initializers",
+        "summary",
+        "convert",
+        "features",
+        "linen",
+        "freeze",
+        "errors",
+        "ops",
+    }
+    assert S.NETS["wsdr_bn"].input_size == 224 and S.NETS["overfeat_slim"].input_size == 60
+    model = nnx.eval_shape(lambda: S.NETS["wsdr_bn"](rngs=nnx.Rngs(0)))
     assert model.head.score_bn is not None

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from train_helpers import NUM_CLASSES, run_steps, synthetic_batches, tiny_config
 
-from vggjax import initializers, optim, stepcache, train
+from vggjax import initializers, optim, stepcache, train, training
 
 
 def small_step():
@@ -194,7 +194,7 @@ def test_a_step_cached_under_one_compute_policy_is_not_reused_under_another(tmp_
         key = json.dumps(
             config.to_dict(), sort_keys=True, default=repr
         )  # what the trainer's key is made of
-        runner, state = train._runner(
+        runner, state = training.make_runner(
             config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", make(), False, key
         )
         b = synthetic_batches(1)[0]
@@ -216,7 +216,7 @@ def test_trainer_runner_with_export_cache_equals_plain_on_8_devices(tmp_path):
         config = tiny_config(num_devices=8, compilation_cache=str(tmp_path))
         tx = optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=3)
         graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
-        runner, state = train._runner(
+        runner, state = training.make_runner(
             config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", make(), False, "tests"
         )
         losses = []

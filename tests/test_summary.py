@@ -11,7 +11,7 @@ from flax import nnx
 import vggjax
 from vggjax import summary as summary_mod
 from vggjax.freeze import freeze
-from vggjax.models import seed_nets as S
+from vggjax.models import reference as S
 from vggjax.summary import main, summarize
 
 
@@ -67,9 +67,9 @@ def test_vgg16_and_vgg16_bn_totals():
     }
 
 
-@pytest.mark.parametrize("name", sorted(S.SEED_NETS))
+@pytest.mark.parametrize("name", sorted(S.NETS))
 def test_every_seed_net_rows_account_for_all_params(name):
-    net = S.SEED_NETS[name]
+    net = S.NETS[name]
     model = abstract(net.build)
     ch = getattr(model, "in_channels", 3)
     s = summarize(model, (1, net.input_size, net.input_size, ch), flops=False)
@@ -107,7 +107,7 @@ def test_summary_is_callable_module_and_exports():
 def test_cli_list_and_errors(capsys):
     assert main(["--list"]) == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
-    assert listed == set(vggjax.ARCHS) | set(S.SEED_NETS)
+    assert listed == set(vggjax.ARCHS) | set(S.NETS)
     assert main(["nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert (

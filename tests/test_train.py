@@ -20,10 +20,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from subproc import ROOT, cpu_env
 from train_helpers import NUM_CLASSES, run_steps, tiny_config
 
-from vggjax import stepcache, train
+from vggjax import optim, stepcache, train, training
 from vggjax.errors import VggjaxError
 
 TINY = [
@@ -54,14 +55,14 @@ def test_mesh_jit_and_pmap_give_equal_losses_on_8_devices():
 
 def test_pmap_batchnorm_uses_the_device_axis():
     config = tiny_config(parallel="pmap")
-    tx = train.optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=3)
+    tx = optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=3)
     graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
     state = jax.eval_shape(make)
-    pmap_graphdef = train._with_batchnorm_axis(graphdef, state, "data")
-    model = train.nnx.merge(
+    pmap_graphdef = training.runner.with_batchnorm_axis(graphdef, state, "data")
+    model = nnx.merge(
         pmap_graphdef, state.params, state.frozen, state.batch_stats, state.rngs
     )
-    norms = [n for _, n in train.nnx.iter_graph(model) if isinstance(n, train.nnx.BatchNorm)]
+    norms = [n for _, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
     assert len(norms) == 8 and all(n.axis_name == "data" for n in norms)
 
 
@@ -124,15 +125,15 @@ def test_step_finiteness_test_is_exact_for_weights_and_names_the_first_bad_leaf(
     big = jnp.full((4, 3), 3e38, jnp.float32)  # its plain sum would overflow to inf
     for bad in (np.nan, np.inf, -np.inf):
         leaves = [jnp.ones(5), big, jnp.ones((2, 2)).at[1, 0].set(bad)]
-        sums = train._leaf_sums(leaves)
-        assert not bool(train._all_finite(sums))
-        assert int(train._first_nonfinite(sums, [1, 2, 0])) == 1  # leaf 2 is second in that order
-    sums = train._leaf_sums([jnp.ones(5), big])
-    assert bool(train._all_finite(sums)) and int(train._first_nonfinite(sums, [0, 1])) == -1
+        sums = training.step.leaf_sums(leaves)
+        assert not bool(training.step.all_finite(sums))
+        assert int(training.step.first_nonfinite(sums, [1, 2, 0])) == 1  # leaf 2 is second in that order
+    sums = training.step.leaf_sums([jnp.ones(5), big])
+    assert bool(training.step.all_finite(sums)) and int(training.step.first_nonfinite(sums, [0, 1])) == -1
     # Gradients are tested through their squares, which also feed the norm.
     g = [jnp.array([3.0, 4.0]), jnp.array([jnp.nan])]
-    sq = train._leaf_sums(g, square=True)
-    assert float(sq[0]) == 25.0 and int(train._first_nonfinite(sq, [0, 1])) == 1
+    sq = training.step.leaf_sums(g, square=True)
+    assert float(sq[0]) == 25.0 and int(training.step.first_nonfinite(sq, [0, 1])) == 1
 
 
 def test_nan_policy_skip_keeps_params_finite_and_finishes(tmp_path, capsys):
@@ -169,7 +170,7 @@ def _fresh_state(config):
     from vggjax import data
 
     info = data.get_info(config.dataset)
-    tx = train.optim.make_optimizer(
+    tx = optim.make_optimizer(
         config.optim, steps_per_epoch=info.num_train_examples // config.batch_size, total_steps=3
     )
     return train.init_state(config, info.num_classes, info.channels, tx)[2]()

@@ -80,20 +80,20 @@ def run_steps(
 ):
     """Train ``steps`` steps on ``synthetic_batches``; see :class:`Run`.
 
-    Uses ``init_state`` and the trainer's own runner (``train._runner``: mesh-jit over
+    Uses ``init_state`` and the trainer's own runner (``training.make_runner``: mesh-jit over
     ``num_devices`` devices of all processes, 0 = all, or pmap). With several processes
     each feeds only its own rows of every global batch, as the input pipeline does.
     """
     import jax
 
-    from vggjax import optim, train
+    from vggjax import optim, training
 
     config = tiny_config(parallel=parallel, num_devices=num_devices, freeze=freeze)
     tx = optim.make_optimizer(config.optim, steps_per_epoch=10, total_steps=steps)
-    graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
+    graphdef, eval_graphdef, make = training.init_state(config, NUM_CLASSES, 1, tx)
     state = make()
     initial = jax.device_get(state)  # before any step can donate its buffers
-    runner, state = train._runner(
+    runner, state = training.make_runner(
         config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", state, False, "tests"
     )
     n, i = jax.process_count(), jax.process_index()

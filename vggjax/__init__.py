@@ -1,35 +1,24 @@
 """vggjax: VGG networks in JAX/Flax NNX.
 
-Public API: the builders (``vgg11`` … ``vgg19_bn``, ``build``), :class:`VGG` and its heads,
-the initializer registry, freezing, :func:`summary`, and (loaded on first use)
-``vggjax.convert`` (torchvision/Keras weights), ``vggjax.features`` (feature taps,
-perceptual loss) and ``vggjax.linen`` (Linen wrappers). Training code lives in
-``vggjax.train`` and is not imported here.
+Public API, VGG only: the builders (``vgg11`` … ``vgg19_bn``, ``build``), :class:`VGG` and its
+heads, the initializer registry, freezing, the compute policy (``vggjax.ops.Policy``), the
+errors, :func:`summary`, and (loaded on first use) ``vggjax.convert`` (torchvision/Keras
+weights), ``vggjax.features`` (feature taps, perceptual loss) and ``vggjax.linen`` (Linen
+wrappers). The reference-case networks are in ``vggjax.models.reference``; training code is
+in ``vggjax.training`` and ``vggjax.train`` (the CLI) and is not imported here.
 """
 
-from vggjax import initializers
+from vggjax import errors, initializers, ops
 from vggjax.errors import VggjaxError
 from vggjax.freeze import Frozen, freeze, unfreeze
 from vggjax.layers import adaptive_avg_pool
 from vggjax.models import (
     ARCHS,
     CFGS,
-    SEED_NETS,
     VGG,
     ConvHead,
     FCHead,
     GAPHead,
-    Net,
-    NetBatchNorm,
-    NetDepth,
-    NetDropout,
-    NetRes,
-    NetResDeep,
-    NetWidth,
-    OverFeatSlim,
-    ResBlock,
-    SeedNet,
-    TwoConvBN,
     build,
     vgg11,
     vgg11_bn,
@@ -37,11 +26,15 @@ from vggjax.models import (
     vgg13_bn,
     vgg16,
     vgg16_bn,
-    vgg16_fc_conv_400,
     vgg19,
     vgg19_bn,
-    wsdr,
 )
+
+__all__ = [
+    "ARCHS", "CFGS", "VGG", "ConvHead", "FCHead", "Frozen", "GAPHead", "VggjaxError", "adaptive_avg_pool",
+    "build", "convert", "errors", "features", "freeze", "initializers", "linen", "ops", "summary", "unfreeze",
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+]
 
 __version__ = "0.1.0"
 

@@ -22,6 +22,7 @@ the same values (tested bit for bit, on 1 and 8 devices and across processes).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -74,6 +75,11 @@ def _stable(v: Any, depth: int = 0) -> str:
         return "{" + ",".join(sorted(_stable(x, depth + 1) for x in v)) + "}"
     if isinstance(v, (list, tuple)):
         return f"{type(v).__name__}(" + ",".join(_stable(x, depth + 1) for x in v) + ")"
+    if isinstance(v, functools.partial):
+        return f"partial({_stable((v.func, v.args, v.keywords), depth + 1)})"
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # a registry entry: its fields
+        fields = {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+        return f"{type(v).__qualname__}{_stable(fields, depth + 1)}"
     if callable(v):
         module = getattr(v, "__module__", None) or "?"
         name = f"{module}.{getattr(v, '__qualname__', type(v).__qualname__)}"
@@ -93,13 +99,13 @@ def registries() -> str:
     initializer or model), and a callable from outside vggjax counts with its source, so
     an edited builder is not served from a stale file."""
     from vggjax import initializers, layers, losses
-    from vggjax.models import heads, seed_nets, vgg
+    from vggjax.models import heads, registry, vgg
 
     tables = {
         "cfgs": vgg.CFGS,
         "archs": vgg.ARCHS,
         "heads": heads.HEADS,
-        "seed_nets": seed_nets.SEED_NETS,
+        "models": registry.entries(),
         "init": initializers.REGISTRY,
         "bias_init": initializers.BIAS_REGISTRY,
         "losses": losses.LOSSES,

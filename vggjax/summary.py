@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vggjax.errors import ConfigError, VggjaxError, one_of
+from vggjax.errors import ConfigError, VggjaxError
 from vggjax.freeze import Frozen
+from vggjax.models import registry
 
 # feats entries that re-expose the previous op's output (a convenience for callers, not a
 # layer op); the table skips them when they alias the preceding row.
@@ -349,17 +350,6 @@ def summary(
 # --------------------------------------------------------------------------- CLI
 
 
-def _builders() -> dict[str, tuple[Callable[..., nnx.Module], int]]:
-    """name → (builder, natural input size) for every VGG arch and every seed net."""
-    from vggjax.models import seed_nets, vgg
-
-    out: dict[str, tuple[Callable[..., nnx.Module], int]] = {
-        name: (getattr(vgg, name), 224) for name in vgg.ARCHS
-    }
-    out.update({name: (net.build, net.input_size) for name, net in seed_nets.SEED_NETS.items()})
-    return out
-
-
 def _accepts(fn: Callable, option: str) -> bool:
     try:
         # nnx.Module's metaclass hides a class's signature behind (*args, **kwargs).
@@ -375,14 +365,11 @@ def build_abstract(name: str, **options) -> tuple[nnx.Module, int]:
     ``options`` (e.g. ``num_classes``, ``head``, ``width``) go to the builder; an option
     the builder does not take raises :class:`~vggjax.errors.ConfigError`.
     """
-    builders = _builders()
-    if name not in builders:
-        raise one_of("model", name, builders)
-    fn, size = builders[name]
+    entry = registry.get(name)
     for opt in options:
-        if not _accepts(fn, opt):
+        if not _accepts(entry.signature_source, opt):
             raise ConfigError(f"model {name!r} has no option {opt!r}")
-    return nnx.eval_shape(lambda: fn(rngs=nnx.Rngs(0), **options)), size
+    return nnx.eval_shape(lambda: entry(rngs=nnx.Rngs(0), **options)), entry.input_size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,17 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the network names and exit")
     args = parser.parse_args(argv)
 
-    builders = _builders()
     if args.list:
-        from vggjax.models.seed_nets import SEED_NETS
-
-        for name, (_, size) in builders.items():
-            doc = SEED_NETS[name].description if name in SEED_NETS else "VGG (torchvision layout)"
-            print(f"{name:<20} {size:>4}  {doc}")
+        for name, entry in registry.entries().items():
+            print(f"{name:<20} {entry.input_size:>4}  {entry.description}")
         return 0
     try:
         if args.name is None:
-            raise ConfigError(f"give a network name; valid: {', '.join(sorted(builders))}")
+            raise ConfigError(f"give a network name; valid: {', '.join(registry.names())}")
         options = {
             k: v
             for k, v in (

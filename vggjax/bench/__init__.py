@@ -8,7 +8,7 @@
 
 What it measures, in one process (and one helper subprocess):
 
-* the trainer's own step (:func:`vggjax.train.make_train_step`: forward, loss, backward,
+* the trainer's own step (:func:`vggjax.training.make_train_step`: forward, loss, backward,
   optax SGD with momentum 0.9 and weight decay 5e-4, BatchNorm statistics; jitted with
   the state donated): trace+lower time, XLA compile time and first-step wall time with a
   *cold* persistent compilation cache, then the median and spread of ``--steps``

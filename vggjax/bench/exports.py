@@ -56,22 +56,25 @@ def _abstract(tree: Any, sharding: Any = None) -> Any:
 def trainer_steps(config) -> dict[str, tuple[Callable, tuple]]:
     """``{"train": (jitted step, abstract args), "eval": ...}``: the trainer's steps for ``config``, as it jits them.
 
-    Mesh mode: ``jax.jit`` with the state replicated and the batch ``P("data")`` over all
-    devices, the state donated. pmap mode: ``jax.pmap`` over the local devices with the
+    The same pure steps and jit options as the trainer's runner (:mod:`vggjax.training.runner`):
+    mesh mode is ``jax.jit`` with the state replicated and the batch ``P("data")`` over all
+    devices, the state donated; pmap mode is ``jax.pmap`` over the local devices with the
     batch split per device and BatchNorm averaging its statistics over the device axis.
     """
     import jax
     import jax.numpy as jnp
 
-    from vggjax import optim, parallel, train
+    from vggjax import optim, parallel
+    from vggjax.training import init_state, runner
 
     batch = config.batch_size
+    steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // batch
     tx = optim.make_optimizer(
         config.optim,
-        steps_per_epoch=IMAGENET_TRAIN_EXAMPLES // batch,
-        total_steps=config.num_epochs * (IMAGENET_TRAIN_EXAMPLES // batch),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=config.num_epochs * steps_per_epoch,
     )
-    graphdef, eval_graphdef, make_state = train.init_state(config, IMAGENET_CLASSES, 3, tx)
+    graphdef, eval_graphdef, make_state = init_state(config, IMAGENET_CLASSES, 3, tx)
     state = jax.eval_shape(make_state)
     size = config.image_size
     images = {
@@ -79,50 +82,32 @@ def trainer_steps(config) -> dict[str, tuple[Callable, tuple]]:
         "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
         "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
     }
-    loss = "softmax_cross_entropy"
+    step, ev = runner.pure_steps(
+        config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", state
+    )
     if config.parallel == "pmap":
         n = jax.local_device_count()
-        graphdef = _pmap_graphdef(graphdef, make_state)
-        step = train.make_train_step(
-            graphdef, tx, loss, axis_name=parallel.AXIS, compute=config.compute
-        )
-        ev = train.make_eval_step(eval_graphdef, loss, axis_name=parallel.AXIS)
-        per_device = lambda t: jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), t
-        )  # noqa: E731
-        split = lambda t: jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct((n, x.shape[0] // n, *x.shape[1:]), x.dtype), t
-        )  # noqa: E731
-        args = (per_device(state), split(images))
+
+        def per_device(tree, split: bool):
+            return jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(
+                    (n, x.shape[0] // n, *x.shape[1:]) if split else (n, *x.shape), x.dtype
+                ),
+                tree,
+            )
+
+        args = (per_device(state, False), per_device(images, True))
         return {
             "train": (jax.jit(jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0)), args),
             "eval": (jax.jit(jax.pmap(ev, axis_name=parallel.AXIS)), args),
         }
     mesh = parallel.make_mesh()
-    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    step = train.make_train_step(graphdef, tx, loss, compute=config.compute)
-    ev = train.make_eval_step(eval_graphdef, loss)
-    state_sharding = jax.tree.map(lambda _: rep, state)
-    args = (_abstract(state, rep), _abstract(images, data))
-    jit_train = jax.jit(
-        step,
-        in_shardings=(state_sharding, data),
-        out_shardings=(state_sharding, rep),
-        donate_argnums=0,
+    train_opts, eval_opts = runner.mesh_jit_options(state, mesh)
+    args = (
+        _abstract(state, parallel.replicated(mesh)),
+        _abstract(images, parallel.batch_sharding(mesh)),
     )
-    jit_eval = jax.jit(ev, in_shardings=(state_sharding, data), out_shardings=rep)
-    return {"train": (jit_train, args), "eval": (jit_eval, args)}
-
-
-def _pmap_graphdef(graphdef, make_state):
-    """The train graphdef with every BatchNorm told the pmap axis name (as the trainer's pmap mode does)."""
-    from flax import nnx
-
-    from vggjax import parallel, train
-
-    abstract = nnx.eval_shape(lambda: train.merge(graphdef, make_state()))
-    parallel.set_batchnorm_axis(abstract, parallel.AXIS)
-    return train.split_model(abstract)[0]
+    return {"train": (jax.jit(step, **train_opts), args), "eval": (jax.jit(ev, **eval_opts), args)}
 
 
 def op_counts(mlir: str) -> dict[str, int]:

@@ -103,11 +103,12 @@ def model_flops(config) -> float:
 
 def step_fn_of(config) -> tuple[Callable, Callable]:
     """``(step_fn, make_state)``: the trainer's pure train step for ``config`` and its state's initializer."""
-    from vggjax import optim, train
+    from vggjax import optim
+    from vggjax.training import init_state, make_train_step
 
     tx = optim.make_optimizer(config.optim, steps_per_epoch=1, total_steps=1_000_000)
-    graphdef, _, make_state = train.init_state(config, NUM_CLASSES, config.channels, tx)
-    return train.make_train_step(
+    graphdef, _, make_state = init_state(config, NUM_CLASSES, config.channels, tx)
+    return make_train_step(
         graphdef, tx, "softmax_cross_entropy", compute=config.compute
     ), make_state
 
@@ -145,9 +146,9 @@ def compile_step(config) -> dict[str, Any]:
     """
     import jax
 
-    from vggjax import train
+    from vggjax.training import enable_compilation_cache
 
-    train.enable_compilation_cache(config.get("compilation_cache", ""))
+    enable_compilation_cache(config.get("compilation_cache", ""))
     step, state = build_step(config)
     batch = fixed_batch(config.image_size, config.batch_size, config.channels)
     jax.block_until_ready(state)

@@ -1,22 +1,11 @@
-"""VGG models, heads and the reference-case networks. Imports nothing from training code."""
+"""VGG models and heads, and the model registry. Imports nothing from training code.
 
-from vggjax.models.heads import ConvHead, FCHead, GAPHead, make_head
-from vggjax.models.seed_nets import (
-    SEED_NETS,
-    Net,
-    NetBatchNorm,
-    NetDepth,
-    NetDropout,
-    NetRes,
-    NetResDeep,
-    NetWidth,
-    OverFeatSlim,
-    ResBlock,
-    SeedNet,
-    TwoConvBN,
-    vgg16_fc_conv_400,
-    wsdr,
-)
+The reference-case networks live in :mod:`vggjax.models.reference`; every model, VGG or not,
+is registered by name in :mod:`vggjax.models.registry`.
+"""
+
+from vggjax.models import registry
+from vggjax.models.heads import HEADS, ConvHead, FCHead, GAPHead, make_head
 from vggjax.models.vgg import (
     ARCHS,
     CFGS,
@@ -32,3 +21,25 @@ from vggjax.models.vgg import (
     vgg19,
     vgg19_bn,
 )
+
+__all__ = [
+    "ARCHS",
+    "CFGS",
+    "HEADS",
+    "VGG",
+    "ConvHead",
+    "FCHead",
+    "Features",
+    "GAPHead",
+    "build",
+    "make_head",
+    "registry",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+]

@@ -24,6 +24,7 @@ from flax import nnx
 
 from vggjax import initializers, layers
 from vggjax.errors import ConfigError, one_of
+from vggjax.models import registry
 from vggjax.models.heads import make_head
 from vggjax.ops import Policy
 
@@ -311,3 +312,14 @@ vgg16 = _builder("vgg16")
 vgg16_bn = _builder("vgg16_bn")
 vgg19 = _builder("vgg19")
 vgg19_bn = _builder("vgg19_bn")
+
+for _arch, (_cfg, _bn) in ARCHS.items():
+    registry.register(
+        _arch,
+        globals()[_arch],
+        input_size=224,
+        description=f"VGG config {_cfg}{' with BatchNorm' if _bn else ''} (torchvision layout)",
+        family="vgg",
+        options=VGG.__init__,
+        fixed=("cfg", "batch_norm", "name"),
+    )

@@ -1,0 +1,181 @@
+"""The standard hooks of :func:`vggjax.training.fit`.
+
+* :class:`MetricsLog` — ``metrics.jsonl`` + TensorBoard + the progress bar (the trainer's);
+* :class:`Evaluate` — an eval pass every N steps (and at the end), plus reduce-on-plateau;
+* :class:`Checkpoint` — orbax saves as the checkpointer's interval says (forced at the end / on stop);
+* :class:`Preempt` — SIGTERM (or JAX's multi-host preemption notice) stops the loop after the
+  step in flight, so the checkpoint of that step can be written;
+* :class:`History` — every fetched step's scalar metrics in memory (experiments);
+* :class:`Every` — call a function of ``(step, state)`` every N steps (probes, custom logs).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from vggjax.training.loop import Hook, Loop, Record, host_scalars
+
+# Per-layer arrays and indices that belong in the "diag" record or nowhere, not in "train".
+NOT_TRAIN_RECORD = ("grad_norm/", "weight_", "act_", "dead_", "zero_", "nonfinite_")
+
+
+class MetricsLog(Hook):
+    """Write the last fetched step of each log interval as a ``train`` record (with images/s),
+    the per-layer statistics of diagnostics steps as a ``diag`` record, and advance the bar."""
+
+    def __init__(self, writer, batch_size: int, meter) -> None:
+        self.writer, self.batch_size, self.meter = writer, batch_size, meter
+
+    def on_records(self, loop: Loop, records: list[Record], diagnostics: bool) -> None:
+        last = records[-1]
+        rate = self.meter.lap(len(records) * self.batch_size)
+        record = {**host_scalars(last.metrics, NOT_TRAIN_RECORD), "images_per_sec": rate}
+        self.writer.write(last.step, "train", record)
+        if diagnostics:
+            from vggjax import diagnostics as diag
+
+            self.writer.write(
+                last.step,
+                "diag",
+                diag.to_python({k: v for k, v in last.metrics.items() if "/" in k}),
+            )
+        self.writer.progress(
+            last.step, {"loss": record["loss"], "acc": record["accuracy"], "img/s": round(rate)}
+        )
+
+
+class Evaluate(Hook):
+    """Evaluate every ``every`` steps and at the last (not on a stopping step); write and print it.
+
+    With ``optim_config.schedule == "plateau"`` the evaluation accuracy feeds reduce-on-plateau
+    (:func:`vggjax.optim.plateau_update`), which changes the optimizer state: the hook returns
+    the new state. :attr:`last` holds the latest result.
+    """
+
+    def __init__(self, runner, eval_batches, every: int, writer, optim_config) -> None:
+        self.runner, self.eval_batches, self.every = runner, eval_batches, every
+        self.writer, self.optim_config = writer, optim_config
+        self.last: dict[str, Any] = {}
+
+    def after_step(self, loop: Loop, step: int, state: Any) -> Any | None:
+        from vggjax import optim
+        from vggjax.training.runner import evaluate
+
+        if loop.stopping or not (step % self.every == 0 or step == loop.total_steps):
+            return None
+        self.last = evaluate(self.runner, state, self.eval_batches)
+        self.writer.write(step, "eval", self.last)
+        self.writer.log(
+            f"step {step}/{loop.total_steps}: eval loss {self.last['loss']:.4f}, "
+            f"accuracy {self.last['accuracy']:.4f}"
+        )
+        if self.optim_config.get("schedule") != "plateau":
+            return None
+        host = self.runner.to_host_state(state)
+        opt_state = optim.plateau_update(host.opt_state, self.last["accuracy"], self.optim_config)
+        return self.runner.from_host_state(host.replace(opt_state=opt_state))
+
+
+class Checkpoint(Hook):
+    """Save through a :class:`vggjax.checkpoint.Checkpointer` after every step (it keeps its own
+    interval), forced at the last step and when the loop stops; the steps are NaN-checked first."""
+
+    def __init__(self, checkpointer, to_host_state: Callable, metadata: dict[str, Any]) -> None:
+        self.ckpt, self.to_host_state, self.metadata = checkpointer, to_host_state, metadata
+
+    def needs_checked(self, loop: Loop, step: int) -> bool:
+        return self.ckpt.should_save(step)
+
+    def after_step(self, loop: Loop, step: int, state: Any) -> None:
+        force = step == loop.total_steps or loop.stopping
+        self.ckpt.save(
+            step, self.to_host_state(state), {"step": step, **self.metadata}, force=force
+        )
+
+
+class Preempt(Hook):
+    """Turns SIGTERM (what Cloud TPU, Kubernetes and Slurm send before taking the machine) into a stop.
+
+    The first SIGTERM asks the loop to stop after the step in flight (whose checkpoint the
+    :class:`Checkpoint` hook then forces); a second one gets the previous handler (the
+    default terminates at once). Installed only in the main thread of a single-process job:
+    with several processes, JAX's preemption notice (``checkpointer.reached_preemption``)
+    makes all of them stop at the same step instead.
+    """
+
+    def __init__(self, checkpointer=None) -> None:
+        self.ckpt = checkpointer
+        self.requested = False
+        self.reason = ""
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.reason = signal.Signals(signum).name
+        signal.signal(signum, self._previous)
+
+    def on_start(self, loop: Loop) -> None:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def wants_stop(self, loop: Loop, step: int) -> bool:
+        multi_host = jax.process_count() > 1
+        if not (
+            self.requested
+            or (multi_host and self.ckpt is not None and self.ckpt.reached_preemption(step))
+        ):
+            return False
+        loop.stop_reason = self.reason or "preemption notice"
+        return True
+
+    def close(self) -> None:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGTERM, self._previous)
+        self._previous = None
+
+
+class History(Hook):
+    """Every fetched step's scalar metrics, in memory: ``history.series("loss")`` → one float per step.
+
+    Pass ``fit(..., log_every=1)`` to see every step. ``keys`` restricts what is kept
+    (default: every scalar metric).
+    """
+
+    def __init__(self, keys: Sequence[str] | None = None) -> None:
+        self.keys = None if keys is None else tuple(keys)
+        self.steps: list[int] = []
+        self.rows: list[dict[str, float]] = []
+
+    def on_records(self, loop: Loop, records: list[Record], diagnostics: bool) -> None:
+        for r in records:
+            row = host_scalars(r.metrics)
+            self.steps.append(r.step)
+            self.rows.append(
+                row if self.keys is None else {k: row[k] for k in self.keys if k in row}
+            )
+
+    def series(self, key: str) -> np.ndarray:
+        """The values of ``key`` at the recorded steps (NaN where a step lacks it)."""
+        return np.asarray([row.get(key, np.nan) for row in self.rows], np.float64)
+
+
+class Every(Hook):
+    """Call ``fn(step, state)`` after every ``every``-th step (and, with ``at_start``, once before
+    the first step with ``step = start_step``); what it returns is kept in :attr:`results`."""
+
+    def __init__(self, every: int, fn: Callable[[int, Any], Any], *, at_start: Any = None) -> None:
+        self.every, self.fn, self.at_start = every, fn, at_start
+        self.results: list[tuple[int, Any]] = []
+
+    def on_start(self, loop: Loop) -> None:
+        if self.at_start is not None:
+            self.results.append((loop.start_step, self.fn(loop.start_step, self.at_start)))
+
+    def after_step(self, loop: Loop, step: int, state: Any) -> None:
+        if step % self.every == 0:
+            self.results.append((step, self.fn(step, state)))
