@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_devices = 0  # 0 = all
     config.nan_policy = "stop"  # or "skip"
     config.diagnostics = ml_collections.ConfigDict(dict(enabled=False, every_steps=100))
+    # Before the first step, one forward + backward on the first batch looks for the ways the
+    # reference nets fail to train; while training, a watch for a loss stuck at ln C, exactly-zero
+    # gradients and blow-ups. Warnings only (vggjax.trainability; python -m vggjax.diagnose).
+    config.check_trainability = True
     config.progress = True
     # JAX persistent compilation cache, plus the traced steps (vggjax.stepcache); "" = off.
     config.compilation_cache = "~/.cache/vggjax/jax"

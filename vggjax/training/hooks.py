@@ -179,3 +179,26 @@ class Every(Hook):
     def after_step(self, loop: Loop, step: int, state: Any) -> None:
         if step % self.every == 0:
             self.results.append((step, self.fn(step, state)))
+
+
+class Trainability(Hook):
+    """Feed every fetched step's loss and gradient norm to a :class:`vggjax.trainability.Watch`.
+
+    Its findings (a plateau at the constant-prediction loss, exactly-zero gradients, an early
+    blow-up) are printed once each as ``warning: trainability: ...`` and written to
+    ``metrics.jsonl`` as ``finding`` records; the run goes on.
+    """
+
+    def __init__(self, constant_loss: float, writer=None, *, start_step: int = 0) -> None:
+        from vggjax import trainability
+
+        def report(items, step=None):
+            if writer is None or writer.active:
+                trainability.warn(items, writer, step or 0)
+
+        self.watch = trainability.Watch(constant_loss, report=report, start_step=start_step)
+
+    def on_records(self, loop: Loop, records: list[Record], diagnostics: bool) -> None:
+        for r in records:
+            grad = r.metrics.get("grad_norm")
+            self.watch.observe(r.step, float(r.metrics["loss"]), None if grad is None else float(grad))

@@ -12,6 +12,7 @@ values is ever written (the NaN check runs before every save).
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 import time
@@ -110,6 +111,20 @@ def _open_log(config, workdir: str, plan: config_lib.Plan, start: int):
     return writer
 
 
+def _check_trainability(config, plan: config_lib.Plan, graphdef, state, train_iter, start: int, writer):
+    """Before the first step, the trainability check on the first batch (warnings, ``finding`` records);
+    returns the batches (the first one put back) and the constant-prediction loss the watch compares with."""
+    from vggjax import trainability
+
+    first = next(train_iter)
+    if start == 0:
+        report = trainability.check(merge(graphdef, state), first, plan.loss, plan.num_classes)
+        if writer.active:
+            trainability.warn(report.findings, writer, 0)
+    constant = trainability.constant_loss(plan.loss, plan.num_classes, first["label"])
+    return itertools.chain([first], train_iter), constant
+
+
 def _finish(
     config, workdir, plan, result, ckpt, writer, runner, evaluator, seconds
 ) -> dict[str, Any]:
@@ -156,6 +171,11 @@ def _train(
         steps_per_epoch=plan.steps_per_epoch,
         total_steps=plan.total_steps,
     )
+    train_iter, eval_batches = _datasets(config, plan, start)
+    watch = []
+    if config.get("check_trainability", True):
+        train_iter, constant = _check_trainability(config, plan, graphdef, state, train_iter, start, writer)
+        watch = [hooks_lib.Trainability(constant, writer, start_step=start)]
     runner, state = make_runner(config, graphdef, eval_graphdef, tx, plan.loss, state, False, key)
     diag = config.get("diagnostics", {})
     diag_runner = None
@@ -163,11 +183,11 @@ def _train(
         diag_runner = make_runner(
             config, graphdef, eval_graphdef, tx, plan.loss, runner.to_host_state(state), True, key
         )[0]
-    train_iter, eval_batches = _datasets(config, plan, start)
     evaluator = hooks_lib.Evaluate(runner, eval_batches, plan.eval_every, writer, config.optim)
     trainer_hooks = [
         hooks_lib.Preempt(ckpt),
         hooks_lib.MetricsLog(writer, plan.batch_size, metrics_lib.Throughput()),
+        *watch,
         evaluator,
         hooks_lib.Checkpoint(ckpt, runner.to_host_state, {"model": config.model}),
     ]

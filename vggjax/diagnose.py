@@ -1,0 +1,107 @@
+"""``python -m vggjax.diagnose``: the trainability check alone, for any model the trainer can build.
+
+    python -m vggjax.diagnose                                   # the default config
+    python -m vggjax.diagnose --config=vggjax/configs/imagenet_vgg16.py --batch_size=8
+    python -m vggjax.diagnose --config.model=vgg16 --config.model_options.init='normal(0.01)'
+
+Builds ``config.model`` exactly as ``python -m vggjax.train`` would (same config, same flags), takes
+one batch of the config's dataset (or, when the dataset is not prepared on this machine, N(0, 1)
+images with random labels, said so), runs :func:`vggjax.trainability.check` and prints the
+per-layer table — activation std, input dependence (spread across the batch), kernel gain,
+gradient norm, dead ReLU units — and the findings. Nothing is trained or written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+
+from vggjax.errors import DataError, VggjaxError  # noqa: E402
+
+
+def _classes(config, name: str) -> int:
+    """The class count of ``name`` without its data (TFDS's builder info), or the config's."""
+    if config.get("num_classes", 0):
+        return config.num_classes
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=config.get("data_dir") or None).info.features["label"].num_classes
+    except Exception:  # noqa: BLE001 - no metadata either: a generic classifier
+        return 1000
+
+
+def batch_for(config, batch_size: int):
+    """``(batch, num_classes, loss_name, note)``: one training batch of ``config``'s dataset, or a synthetic one."""
+    from vggjax import data
+    from vggjax.training import config as config_lib
+
+    classes = tuple(config.get("classes", ()) or ()) or None
+    try:
+        info = data.get_info(config.dataset, config.get("data_dir") or None, classes=classes)
+    except DataError as e:
+        size, channels = config.get("image_size", 0) or 224, config.get("channels", 0) or 3
+        num_classes = _classes(config, config.dataset)
+        rng = np.random.default_rng(config.seed)
+        batch = {"image": rng.standard_normal((batch_size, size, size, channels), np.float32),
+                 "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
+                 "mask": np.ones(batch_size, bool)}
+        note = f"{e}; using N(0, 1) images {size}x{size}x{channels} and random labels instead"
+        return batch, num_classes, config_lib.loss_name(config, False), note
+    plan = config_lib.plan(config, info)
+    train, _, _ = data.get_datasets(config.dataset, global_batch_size=batch_size, eval_batch_size=batch_size,
+                                    image_size=plan.image_size, seed=config.seed,
+                                    data_dir=config.get("data_dir") or None, channels=plan.channels, classes=classes,
+                                    augment=config.get("augment", "default"), normalize=config.get("normalize", "default"))
+    return next(train), plan.num_classes, plan.loss, f"one training batch of {config.dataset}"
+
+
+def diagnose(config, batch_size: int = 0):
+    """Build ``config``'s model and check it on one batch; returns the :class:`~vggjax.trainability.Report`."""
+    from vggjax import trainability
+    from vggjax.training import config as config_lib
+    from vggjax.training.state import create_model
+
+    config_lib.check_config(config)
+    batch, num_classes, loss, note = batch_for(config, batch_size or min(config.batch_size, 32))
+    print(f"{config.model}: {note}", file=sys.stderr)
+    model = create_model(config, num_classes, batch["image"].shape[-1])
+    return trainability.check(model, batch, loss, num_classes)
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    del argv
+    try:
+        report = diagnose(flags.FLAGS.config, flags.FLAGS.batch_size)
+    except VggjaxError as e:
+        from vggjax.train import _cli_error
+
+        _cli_error(str(e))
+    print(report.table())
+
+
+def run() -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from vggjax.train import _cli_error, _flag_error_message, _parse_flags
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:  # as the trainer: an unknown --config.KEY is one line
+        config_flags.DEFINE_config_file("config", os.path.join(here, "configs", "default.py"), "Config file.",
+                                        lock_config=True)
+    except (KeyError, AttributeError) as e:
+        _cli_error(_flag_error_message(e))
+    flags.DEFINE_integer("batch_size", 0, "Examples in the checked batch (default: the config's, at most 32).")
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()
