@@ -1,7 +1,11 @@
-"""Is the compiled train step the same program in two checkouts? (A refactor that must not change speed.)
+"""Is the compiled train step the same program in two checkouts? (A refactor that must not
+change speed.)
 
-    git worktree add /tmp/before 5dc9b11
-    python benchmarks/compare_hlo.py /tmp/before . --out experiments/results/bench/hlo_before_after_policy.json
+    git worktree add /tmp/before COMMIT
+    python benchmarks/compare_hlo.py /tmp/before . \
+        --out experiments/results/bench/hlo_before_after_policy.json
+
+(``COMMIT``: the revision before the refactor; the record keeps both checkouts' commits.)
 
 Each checkout's own ``vggjax.bench`` builds the benchmark's train step (vgg16_bn, fc head, 32×32,
 batch 64, SGD momentum 0.9, weight decay 5e-4; the default compute settings of that checkout), and
@@ -41,7 +45,8 @@ print(json.dumps(jax.jit(fn, donate_argnums=0).lower(state, batch).compile().as_
 
 
 def instructions(hlo: str) -> list[str]:
-    """The HLO's instructions with names and metadata removed, sorted (order of emission does not matter)."""
+    """The HLO's instructions with names and metadata removed, sorted (order of emission does
+    not matter)."""
     text = re.sub(r", metadata=\{[^}]*\}", "", hlo)
     text = re.sub(r"%[\w.\-]+", "%x", text)
     return sorted(line.strip() for line in text.splitlines() if "%x = " in line)
@@ -95,8 +100,10 @@ def main(argv=None) -> dict:
     result["only_before"] = sorted(set(sides["before"]) - set(sides["after"]))[:20]
     result["only_after"] = sorted(set(sides["after"]) - set(sides["before"]))[:20]
     print(
-        f"before {result['before']['commit'][:10]}: {result['before']['instructions']} instructions; "
-        f"after {result['after']['commit'][:10]}: {result['after']['instructions']}; identical: {result['identical']}"
+        f"before {result['before']['commit'][:10]}: "
+        f"{result['before']['instructions']} instructions; "
+        f"after {result['after']['commit'][:10]}: {result['after']['instructions']}; "
+        f"identical: {result['identical']}"
     )
     if args.out:
         with open(args.out, "w") as f:

@@ -1,4 +1,5 @@
-"""The environment of the tests' subprocesses: this checkout importable, JAX on the CPU, N fake devices."""
+"""The environment of the tests' subprocesses: this checkout importable, JAX on the CPU, N fake
+devices."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_env(devices: int | None = 1, *, drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
-    """``os.environ`` for a child ``python`` that imports this checkout's ``vggjax`` and runs JAX on the CPU.
+    """``os.environ`` for a child ``python`` that imports this checkout's ``vggjax`` and runs
+    JAX on the CPU.
 
     Args:
       devices: fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``);

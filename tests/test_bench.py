@@ -1,4 +1,5 @@
-"""``python -m vggjax.bench`` in a tiny configuration: it runs and records every field, all positive."""
+"""``python -m vggjax.bench`` in a tiny configuration: it runs and records every field, all
+positive."""
 
 import json
 import subprocess
@@ -247,7 +248,8 @@ def test_peak_table_knows_the_devices_users_have():
 
 
 def test_torch_gpu_step_options_run_on_cpu():
-    """The GPU comparison's PyTorch step (bf16 autocast, channels_last), here on the CPU at 32x32."""
+    """The GPU comparison's PyTorch step (bf16 autocast, channels_last), here on the CPU at
+    32x32."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchvision")
     from vggjax.bench.torch_step import torch_step_setup

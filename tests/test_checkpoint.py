@@ -113,7 +113,8 @@ def test_restore_into_replicated_and_data_sharding(tmp_path):
         # jax.eval_shape gives shardings on an abstract mesh; jax.set_mesh supplies the devices.
         with jax.set_mesh(mesh):
             restored, _ = ckpt.restore(jax.eval_shape(lambda: state))
-        # A concrete target of ShapeDtypeStructs with explicit shardings works without a mesh context.
+        # A concrete target of ShapeDtypeStructs with explicit shardings works without a mesh
+        # context.
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
         )

@@ -66,7 +66,8 @@ def test_formulation_matches_lax_conv_forward_and_gradients(name, hw, kernel, pa
 
 
 def test_choose_gives_vgg16s_per_layer_formulations():
-    """The dispatch table at the two benchmarked shapes (what conv_profile_*.json record as 'chosen')."""
+    """The dispatch table at the two benchmarked shapes (what conv_profile_*.json record as
+    'chosen')."""
     from vggjax import bench
 
     p = ((1, 1), (1, 1))
@@ -224,7 +225,8 @@ def test_max_pool_matches_reduce_window_values_and_gradients(shape):
     g1 = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(cpu.max_pool(x)))))(x)
     g2 = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(ref(x)))))(x)
     np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6)
-    # Ties (a dead-ReLU or constant-init map): the whole gradient goes to the first maximum, as reduce_window's.
+    # Ties (a dead-ReLU or constant-init map): the whole gradient goes to the first maximum, as
+    # reduce_window's.
     z = jnp.zeros(shape).at[:, ::3].set(1.0)
     t1 = jax.jit(jax.grad(lambda x: jnp.sum(cpu.max_pool(x) * 2.0)))(z)
     t2 = jax.jit(jax.grad(lambda x: jnp.sum(ref(x) * 2.0)))(z)

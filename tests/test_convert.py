@@ -28,7 +28,8 @@ def rel_diff(a, b) -> float:
 
 
 def torch_model(arch: str, seed: int = 0):
-    """A randomly initialised torchvision VGG in eval mode, with non-trivial BatchNorm statistics."""
+    """A randomly initialised torchvision VGG in eval mode, with non-trivial BatchNorm
+    statistics."""
     torch.manual_seed(seed)
     m = getattr(torchvision.models, arch)()
     for mod in m.modules():
@@ -102,7 +103,8 @@ def test_torchvision_parity_logits_taps_and_exact_round_trip(arch):
 
 
 def tiny_source(num_classes: int = 5, seed: int = 3, arch: str = "vgg11"):
-    """A width-1/16 vggjax model with a torchvision-style fc head (7x7 pooling) and its state dict."""
+    """A width-1/16 vggjax model with a torchvision-style fc head (7x7 pooling) and its state
+    dict."""
     m = vggjax.build(arch, num_classes=num_classes, width=TINY, head="fc", rngs=seed)
     # BatchNorm statistics that are not the 0/1 defaults.
     for path, var in nnx.to_flat_state(nnx.state(m, nnx.BatchStat)):

@@ -37,15 +37,17 @@ full.save_weights(os.path.join(out, "vgg16.weights.h5"))
 in_memory = np.asarray(convert.from_keras(full)(x))  # the in-memory path
 bare = keras.applications.VGG19(weights=None, include_top=False)
 bare.save(os.path.join(out, "vgg19_notop.keras"))
-with h5py.File(os.path.join(out, "vgg19_notop_legacy.h5"), "w") as f:  # Keras-2 format (keras.applications downloads)
+# Keras-2 format (what keras.applications downloads)
+with h5py.File(os.path.join(out, "vgg19_notop_legacy.h5"), "w") as f:
     legacy_h5_format.save_weights_to_hdf5_group(f, bare)
 xs = x[:, :64, :80]
-np.savez(os.path.join(out, "ref.npz"), x=x, logits=logits, in_memory=in_memory, xs=xs, pool5=np.asarray(bare(xs)))
+pool5 = np.asarray(bare(xs))
+np.savez(os.path.join(out, "ref.npz"), x=x, logits=logits, in_memory=in_memory, xs=xs, pool5=pool5)
 """
 
 
 # Compiled forwards, one program per architecture (the three VGG-19s share one): op by op,
-# every layer's ops compile one at a time (the 224x224 forward took 12.4 s, against 4.4 s).
+# every layer's ops compile one at a time, which takes longer than compiling the forward once.
 logits_of = nnx.jit(lambda model, x: model(x))
 features_of = nnx.jit(lambda model, x: model(x, return_features=True)[1])
 

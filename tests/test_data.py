@@ -12,7 +12,7 @@ from vggjax.errors import ConfigError, DataError
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """One offline build of the embedded datasets for the whole module (~2 s)."""
+    """One offline build of the embedded datasets for the whole module."""
     path = str(tmp_path_factory.mktemp("tfds"))
     for name in ("vggjax_digits", "vggjax_digits2", "vggjax_digits_multilabel"):
         get_info(name, path)

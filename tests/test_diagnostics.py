@@ -39,7 +39,7 @@ def _make_step(graphdef):
 
 def _he_normal_numpy(key, shape, dtype=jnp.float32):
     # He-normal drawn by NumPy: the registry's schemes compile one XLA program per kernel
-    # shape (~10 s of a 2-core CI budget); the statistics under test do not care.
+    # shape, which costs the CI's time; the statistics under test do not care.
     fan_in = int(np.prod(shape[:-1]))
     rng = np.random.default_rng(sum(shape))
     return jnp.asarray(rng.normal(0.0, np.sqrt(2.0 / fan_in), shape), dtype)

@@ -38,7 +38,8 @@ def _export(arch: str, parallel: str, which: str, platform: str):
 
 
 def _big_concatenates(mlir: str) -> list[str]:
-    """``concatenate`` ops whose result has rank ≥ 3: im2col patches (a stack of scalar sums or an RNG key is rank 1)."""
+    """``concatenate`` ops whose result has rank ≥ 3: im2col patches (a stack of scalar sums or
+    an RNG key is rank 1)."""
     return [
         line
         for line in mlir.splitlines()
@@ -98,7 +99,8 @@ def test_cpu_export_keeps_the_cpu_formulations(parallel):
 
 
 def test_forced_policies_export_what_they_say():
-    """compute="xla" gives the GPU program on CPU too; compute="cpu" the CPU formulations on a GPU."""
+    """compute="xla" gives the GPU program on CPU too; compute="cpu" the CPU formulations on a
+    GPU."""
     plain = exports.trainer_steps(exports.imagenet_config("vgg16", compute="xla"))
     forced = exports.trainer_steps(exports.imagenet_config("vgg16", compute="cpu"))
     cpu_plain = exports.op_counts(exports.export(*plain["train"], "cpu").mlir_module())

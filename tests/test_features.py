@@ -68,7 +68,8 @@ def test_perceptual_loss_values_and_gradients(model):
     assert float(styled) > float(features.perceptual_loss(model, a, b, taps=taps))
     gram = features.gram_matrix(fa["relu1_2"])
     assert gram.shape == (2, 4, 4) and np.allclose(gram, np.swapaxes(gram, 1, 2))
-    # Under jit, as in a training step (op-by-op, the backward pass compiles each op: 5x slower here).
+    # Under jit, as in a training step (op by op, the backward pass compiles each op on its
+    # own, which is slower).
     ga, gb = jax.jit(jax.grad(lambda x, y: features.perceptual_loss(model, x, y), argnums=(0, 1)))(
         a, b
     )

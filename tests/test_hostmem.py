@@ -60,7 +60,10 @@ def test_hugetlb_tunable_cuts_the_per_call_page_faults():
     not HUGEPAGES_HERE, reason="needs glibc and transparent huge pages in madvise mode"
 )
 def test_restart_with_hugepages_reexecs_once_with_the_tunable():
-    script = "import os, sys; print(os.getpid(), os.environ.get('GLIBC_TUNABLES'), flush=True); from vggjax import hostmem; hostmem.restart_with_hugepages()"
+    script = (
+        "import os, sys; print(os.getpid(), os.environ.get('GLIBC_TUNABLES'), flush=True); "
+        "from vggjax import hostmem; hostmem.restart_with_hugepages()"
+    )
     lines = _run(script).split("\n")
     first, second = (line.split() for line in lines[:2])
     assert (

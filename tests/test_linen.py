@@ -1,4 +1,5 @@
-"""vggjax.linen: the NNX models inside Linen modules (nnx.bridge.ToLinen): train steps and pretrained weights."""
+"""vggjax.linen: the NNX models inside Linen modules (nnx.bridge.ToLinen): train steps and
+pretrained weights."""
 
 import flax.linen as nn
 import jax

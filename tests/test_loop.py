@@ -1,4 +1,5 @@
-"""The reusable loop (vggjax.training.fit) and its hooks, on a toy step and on the real train step."""
+"""The reusable loop (vggjax.training.fit) and its hooks, on a toy step and on the real train
+step."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from vggjax.training import Hook, fit, hooks, make_train_step, state_from_model
 
 
 def toy_step(state, batch):
-    """Adds the batch to a counter; 'finite' is 0 where the batch is NaN (as the train step reports)."""
+    """Adds the batch to a counter; 'finite' is 0 where the batch is NaN (as the train step
+    reports)."""
     new = state + batch
     return new, {
         "loss": new,

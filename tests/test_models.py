@@ -230,15 +230,18 @@ def test_unknown_names_list_valid_ones():
         vggjax.vgg11(init="he_norml", width=TINY)
     with pytest.raises(ValueError, match="unknown option.*'?score_activation'?.*score_act"):
         vggjax.vgg11(head="gap", head_options={"score_activation": "relu"}, width=TINY)
-    # hidden is one width for fc / fc_conv and a list of widths for gap (an fc config switched to gap).
+    # hidden is one width for fc / fc_conv and a list of widths for gap (an fc config switched
+    # to gap).
     with pytest.raises(
         ValueError,
-        match=r"head 'gap' option hidden is a list of 1x1-conv widths, e.g. \(256,\), or \(\) for none; got 4096",
+        match=r"head 'gap' option hidden is a list of 1x1-conv widths, e.g. \(256,\), "
+        r"or \(\) for none; got 4096",
     ):
         vggjax.vgg11(head="gap", head_options={"hidden": 4096}, width=TINY)
     with pytest.raises(
         ValueError,
-        match=r"head 'fc_conv' option hidden is the width of fc6 and fc7, a positive integer such as 4096; got \(16,\)",
+        match=r"head 'fc_conv' option hidden is the width of fc6 and fc7, "
+        r"a positive integer such as 4096; got \(16,\)",
     ):
         vggjax.vgg11(head="fc_conv", head_options={"hidden": (16,)}, width=TINY)
     with pytest.raises(ValueError, match="head 'fc' option hidden .* got 0"):

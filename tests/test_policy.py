@@ -129,7 +129,8 @@ def test_every_policy_computes_the_same_values_and_gradients(bn):
 
 
 def test_auto_on_cpu_is_the_cpu_program_with_no_conditional_left():
-    """lax.platform_dependent is resolved when lowering: the compiled CPU step is the "cpu" one, bit for bit."""
+    """lax.platform_dependent is resolved when lowering: the compiled CPU step is the "cpu" one,
+    bit for bit."""
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
     auto, forced = _tiny("auto"), _tiny("cpu")
     (la, ga), (lc, gc) = _loss_and_grads(auto, x), _loss_and_grads(forced, x)

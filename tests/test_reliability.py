@@ -115,7 +115,8 @@ def signal_at(*targets: tuple[subprocess.Popen, object, int, int, bool]) -> list
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 raise AssertionError(
-                    f"the run ended (rc {proc.returncode}) before step {step} was signalled: {err[-2000:]}"
+                    f"the run ended (rc {proc.returncode}) before step {step} was signalled: "
+                    f"{err[-2000:]}"
                 )
             now = last_logged_step(workdir)
             ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -209,7 +210,8 @@ def test_sigkill_then_rerun_continues_bit_identically(kill_runs):
     assert [x["step"] for x in resumed] == list(
         range(1, STEPS + 1)
     )  # steps after the checkpoint logged once
-    # Bit-identical, step by step: data order, dropout RNG, optimizer and schedule state all restored.
+    # Bit-identical, step by step: data order, dropout RNG, optimizer and schedule state all
+    # restored.
     for a, b in zip(full, resumed):
         assert a == b, (
             f"seed {r['seed']}, killed at {r['k_reached']}: step {a['step']} differs: {a} vs {b}"
@@ -232,8 +234,9 @@ def test_sigterm_checkpoints_the_current_step_and_exits(kill_runs):
         stopped,
     )
     assert (
-        f"preempted (SIGTERM) at step {stopped}/{STEPS}: checkpoint saved in {r['termed'] / 'checkpoints'}/{stopped}; rerun the same command to resume"
-        in out
+        f"preempted (SIGTERM) at step {stopped}/{STEPS}: "
+        f"checkpoint saved in {r['termed'] / 'checkpoints'}/{stopped}; "
+        "rerun the same command to resume" in out
     )
     (out2, err2), rc2 = r["out"]["termed_resume"]
     assert rc2 == 0, err2[-3000:]
@@ -247,7 +250,8 @@ def test_sigterm_checkpoints_the_current_step_and_exits(kill_runs):
 
 
 def digits(**overrides):
-    """The tiny net of the CLI tests on the digits, in this process (1 device, evaluation only at the end)."""
+    """The tiny net of the CLI tests on the digits, in this process (1 device, evaluation only
+    at the end)."""
     base = dict(
         num_devices=1,
         batch_size=16,
@@ -310,7 +314,8 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
 
 
 def _enospc(monkeypatch, fail_from_call: int = 1, gate: threading.Event | None = None):
-    """Make orbax's JSON item writer fail with ENOSPC from its ``fail_from_call``-th write (optionally after ``gate``)."""
+    """Make orbax's JSON item writer fail with ENOSPC from its ``fail_from_call``-th write
+    (optionally after ``gate``)."""
     original = ocp.JsonCheckpointHandler._save_fn
     calls = [0]
 
@@ -364,8 +369,9 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
             assert ckpt.save(2, {"w": jnp.arange(4.0) * 2}, {"s": 2})
             ckpt.wait()
     assert str(e.value) == (
-        f"could not write checkpoint step 2 to {tmp_path}: No space left on device; the last committed checkpoint, "
-        "step 1, is intact: free disk space (or fix the directory) and rerun the same command to resume"
+        f"could not write checkpoint step 2 to {tmp_path}: No space left on device; "
+        "the last committed checkpoint, step 1, is intact: "
+        "free disk space (or fix the directory) and rerun the same command to resume"
     )
     monkeypatch.undo()
     with checkpoint.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
@@ -383,8 +389,9 @@ def test_trainer_reports_full_disk_at_save_time_and_resumes_after(tmp_path, monk
     with pytest.raises(CheckpointError) as e:
         train.train_and_evaluate(config, str(wd))
     assert str(e.value) == (
-        f"could not write checkpoint step 4 to {wd / 'checkpoints'}: No space left on device; the last committed "
-        "checkpoint, step 2, is intact: free disk space (or fix the directory) and rerun the same command to resume"
+        f"could not write checkpoint step 4 to {wd / 'checkpoints'}: No space left on device; "
+        "the last committed checkpoint, step 2, is intact: "
+        "free disk space (or fix the directory) and rerun the same command to resume"
     )
     assert step_dirs(wd / "checkpoints") == ["2"]
     monkeypatch.undo()  # space freed
@@ -397,12 +404,15 @@ def test_trainer_reports_full_disk_at_save_time_and_resumes_after(tmp_path, monk
 
 def test_full_disk_before_training_is_a_clear_error(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(training.workdir.shutil, "disk_usage", lambda p: usage._replace(free=5 << 20))
+    monkeypatch.setattr(
+        training.workdir.shutil, "disk_usage", lambda p: usage._replace(free=5 << 20)
+    )
     with pytest.raises(WorkdirError) as e:
         train.train_and_evaluate(digits(num_train_steps=2), str(tmp_path / "run"))
     # width 1/16: 0.1 MiB of state; the 16 MiB reserve for metrics decides.
     assert str(e.value) == (
-        f"not enough disk space in --workdir={tmp_path / 'run'}: 5 MiB free, a checkpoint needs about 16 MiB; "
+        f"not enough disk space in --workdir={tmp_path / 'run'}: 5 MiB free, "
+        "a checkpoint needs about 16 MiB; "
         "free some space or pick another --workdir"
     )
     assert os.listdir(tmp_path / "run") == []

@@ -18,8 +18,8 @@ def n_params(model, kind=nnx.Param) -> int:
 
 
 def R(seed: int) -> nnx.Rngs:
-    # rbg keys: XLA compiles a threefry sampler per parameter shape in ~1-3 s on a busy
-    # 2-core CPU; RngBitGenerator compiles ~10x faster. The models do not care.
+    # rbg keys: XLA compiles a threefry sampler per parameter shape, which is slow;
+    # RngBitGenerator compiles much faster. The models do not care.
     return nnx.Rngs(jax.random.key(seed, impl="rbg"))
 
 

@@ -84,7 +84,8 @@ def test_metrics_only_step(tmp_path):
 
 
 def toy_step(state, batch):
-    """A small train step with the leaf kinds of the real one: float weights, an int counter, a PRNG key."""
+    """A small train step with the leaf kinds of the real one: float weights, an int counter, a
+    PRNG key."""
     key, sub = jax.random.split(state["key"])
 
     def loss_fn(w):
@@ -181,7 +182,8 @@ def test_key_changes_with_what_decides_the_trace(monkeypatch):
 
 
 def test_a_step_cached_under_one_compute_policy_is_not_reused_under_another(tmp_path):
-    """The trainer's key holds config.compute: a step traced under "xla" is another file than "auto"'s.
+    """The trainer's key holds config.compute: a step traced under "xla" is another file than
+    "auto"'s.
 
     On CPU the two are different programs (im2col etc. vs lax.conv), so serving one for the
     other would run the wrong formulations; their values agree to float tolerance.
@@ -210,7 +212,8 @@ def test_a_step_cached_under_one_compute_policy_is_not_reused_under_another(tmp_
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 def test_trainer_runner_with_export_cache_equals_plain_on_8_devices(tmp_path):
-    """The trainer's mesh-jit runner through the export cache (first traced, then read) equals it without."""
+    """The trainer's mesh-jit runner through the export cache (first traced, then read) equals
+    it without."""
     ref = run_steps("jit", 8)
     for expected_source in ("exported", "cache"):
         config = tiny_config(num_devices=8, compilation_cache=str(tmp_path))

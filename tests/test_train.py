@@ -59,9 +59,7 @@ def test_pmap_batchnorm_uses_the_device_axis():
     graphdef, eval_graphdef, make = train.init_state(config, NUM_CLASSES, 1, tx)
     state = jax.eval_shape(make)
     pmap_graphdef = training.runner.with_batchnorm_axis(graphdef, state, "data")
-    model = nnx.merge(
-        pmap_graphdef, state.params, state.frozen, state.batch_stats, state.rngs
-    )
+    model = nnx.merge(pmap_graphdef, state.params, state.frozen, state.batch_stats, state.rngs)
     norms = [n for _, n in nnx.iter_graph(model) if isinstance(n, nnx.BatchNorm)]
     assert len(norms) == 8 and all(n.axis_name == "data" for n in norms)
 
@@ -119,7 +117,8 @@ def digits_config(**overrides):
 
 
 def test_step_finiteness_test_is_exact_for_weights_and_names_the_first_bad_leaf():
-    """The step's one-reduction finiteness test: NaN/±inf anywhere -> non-finite; huge finite weights are not."""
+    """The step's one-reduction finiteness test: NaN/±inf anywhere -> non-finite; huge finite
+    weights are not."""
     import jax.numpy as jnp
 
     big = jnp.full((4, 3), 3e38, jnp.float32)  # its plain sum would overflow to inf
@@ -127,9 +126,13 @@ def test_step_finiteness_test_is_exact_for_weights_and_names_the_first_bad_leaf(
         leaves = [jnp.ones(5), big, jnp.ones((2, 2)).at[1, 0].set(bad)]
         sums = training.step.leaf_sums(leaves)
         assert not bool(training.step.all_finite(sums))
-        assert int(training.step.first_nonfinite(sums, [1, 2, 0])) == 1  # leaf 2 is second in that order
+        # leaf 2 is second in that order
+        assert int(training.step.first_nonfinite(sums, [1, 2, 0])) == 1
     sums = training.step.leaf_sums([jnp.ones(5), big])
-    assert bool(training.step.all_finite(sums)) and int(training.step.first_nonfinite(sums, [0, 1])) == -1
+    assert (
+        bool(training.step.all_finite(sums))
+        and int(training.step.first_nonfinite(sums, [0, 1])) == -1
+    )
     # Gradients are tested through their squares, which also feed the norm.
     g = [jnp.array([3.0, 4.0]), jnp.array([jnp.nan])]
     sq = training.step.leaf_sums(g, square=True)
@@ -148,8 +151,8 @@ def test_nan_policy_skip_keeps_params_finite_and_finishes(tmp_path, capsys):
     assert summary["steps"] == 3
     out, err = capsys.readouterr()
     assert (
-        "warning: skipped step 1: gradients finite but the update made features.conv2_1.kernel non-finite (lr 1e+38): the step's update was discarded\n"
-        in err
+        "warning: skipped step 1: gradients finite but the update made "
+        "features.conv2_1.kernel non-finite (lr 1e+38): the step's update was discarded\n" in err
     )
     assert "later skipped steps are only counted" in err
     assert "skipped 3 step(s) with non-finite values (nan_policy=skip): first 1, last 3" in out
@@ -191,7 +194,8 @@ def test_nan_policy_stop_names_the_step(tmp_path):
     with pytest.raises(VggjaxError) as e:
         train.train_and_evaluate(config, str(tmp_path))
     assert str(e.value) == (
-        "non-finite loss, gradient or weights at step 2: loss nan, first non-finite gradient in features.conv1_1.kernel "
+        "non-finite loss, gradient or weights at step 2: loss nan, "
+        "first non-finite gradient in features.conv1_1.kernel "
         "(lr 1e+30); lower optim.learning_rate, enable optim.grad_clip_norm, or set nan_policy=skip"
     )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
@@ -278,7 +282,8 @@ def test_cli_resume_continues_exactly(e2e_run, tmp_path, cli_cache):
     r = cli("--config.num_train_steps=6", *common)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from step 3" in r.stdout
-    # Same config as e2e_run's (another process): its exported train and eval steps were read, none written.
+    # Same config as e2e_run's (another process): its exported train and eval steps were read,
+    # none written.
     assert {
         f: os.stat(os.path.join(steps_dir, f)).st_mtime_ns for f in os.listdir(steps_dir)
     } == exported

@@ -31,9 +31,33 @@ from vggjax.models import (
 )
 
 __all__ = [
-    "ARCHS", "CFGS", "VGG", "ConvHead", "FCHead", "Frozen", "GAPHead", "VggjaxError", "adaptive_avg_pool",
-    "build", "convert", "errors", "features", "freeze", "initializers", "linen", "ops", "summary", "unfreeze",
-    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "ARCHS",
+    "CFGS",
+    "VGG",
+    "ConvHead",
+    "FCHead",
+    "Frozen",
+    "GAPHead",
+    "VggjaxError",
+    "adaptive_avg_pool",
+    "build",
+    "convert",
+    "errors",
+    "features",
+    "freeze",
+    "initializers",
+    "linen",
+    "ops",
+    "summary",
+    "unfreeze",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
 ]
 
 __version__ = "0.1.0"

@@ -83,7 +83,8 @@ def extract(
         )
     if images.ndim != 4 or images.shape[-1] != model.in_channels:
         raise ShapeError(
-            f"extract needs NHWC images (N, H, W, {model.in_channels}), got shape {tuple(images.shape)}"
+            f"extract needs NHWC images (N, H, W, {model.in_channels}), "
+            f"got shape {tuple(images.shape)}"
         )
     x = normalize(images, normalize_mode)
     last = max(names.index(t) for t in taps) if taps else -1
@@ -115,7 +116,8 @@ def _distance(a: Array, b: Array, distance: str) -> Array:
 
 
 def gram_matrix(features: Array) -> Array:
-    """Gram matrices ``(N, C, C)`` of NHWC ``features``, divided by ``H·W·C`` (Gatys et al.'s style statistics)."""
+    """Gram matrices ``(N, C, C)`` of NHWC ``features``, divided by ``H·W·C`` (Gatys et al.'s
+    style statistics)."""
     n, h, w, c = features.shape
     f = features.reshape(n, h * w, c).astype(jnp.float32)
     return jnp.einsum("npc,npd->ncd", f, f) / (h * w * c)
@@ -145,7 +147,8 @@ def perceptual_loss(
     """
     if images.shape != targets.shape:
         raise ShapeError(
-            f"perceptual_loss needs images and targets of one shape, got {tuple(images.shape)} and {tuple(targets.shape)}"
+            "perceptual_loss needs images and targets of one shape, "
+            f"got {tuple(images.shape)} and {tuple(targets.shape)}"
         )
     if weights is None:
         w = [1.0] * len(taps)

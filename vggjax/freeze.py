@@ -47,7 +47,8 @@ def _convert(model: nnx.Module, patterns: str | Iterable[str], src: type, dst: t
 
 
 def freeze(model: nnx.Module, patterns: str | Iterable[str] = "*") -> list[str]:
-    """Make every ``nnx.Param`` whose path (e.g. ``"features/conv1_1/kernel"``) matches a glob frozen.
+    """Make every ``nnx.Param`` whose path (e.g. ``"features/conv1_1/kernel"``) matches a glob
+    frozen.
 
     Returns the frozen paths. ``freeze(model, "features/*")`` freezes the backbone.
     """
@@ -55,5 +56,6 @@ def freeze(model: nnx.Module, patterns: str | Iterable[str] = "*") -> list[str]:
 
 
 def unfreeze(model: nnx.Module, patterns: str | Iterable[str] = "*") -> list[str]:
-    """Turn matching :class:`Frozen` variables back into trainable ``nnx.Param``; returns their paths."""
+    """Turn matching :class:`Frozen` variables back into trainable ``nnx.Param``; returns
+    their paths."""
     return _convert(model, patterns, Frozen, nnx.Param)

@@ -1,14 +1,17 @@
 """Host memory: back the train step's large buffers with transparent huge pages.
 
-XLA:CPU allocates each step's temporary buffer afresh (598 MiB for vgg16_bn at 32×32,
-batch 64; 1.2 GiB at 112×112, batch 8) and frees it at the end of the step. glibc serves
-an allocation that large with its own ``mmap`` and returns it with ``munmap``, so the
-kernel maps and zeroes it again on every step, one 4 KiB page fault at a time: about
-215 000 faults and half a second of system CPU time per step (``python -m vggjax.bench``
-records both per step). PyTorch's large gradients go the same way.
+XLA:CPU allocates each step's temporary buffer afresh (its size:
+``jax.xla_memory.temp_size_mib`` in experiments/results/bench/vgg16_bn_32_b64.json and
+vgg16_bn_112_b8.json) and frees it at the end of the step. glibc serves an allocation
+that large with its own ``mmap`` and returns it with ``munmap``, so the kernel maps and
+zeroes it again on every step, one 4 KiB page fault at a time, and the step pays for
+those faults in system CPU time (``python -m vggjax.bench`` records both per step; see
+``jax.host`` in experiments/results/bench/vgg16_bn_32_b64_no_hugepages.json). PyTorch's
+large gradients go the same way.
 
 glibc's ``glibc.malloc.hugetlb=1`` tunable makes it ``madvise(MADV_HUGEPAGE)`` what it
-maps, so the kernel faults in 2 MiB pages instead: ~800 faults per step. glibc reads
+maps, so the kernel faults in 2 MiB pages instead, and far fewer of them (``jax.host``
+in experiments/results/bench/vgg16_bn_32_b64.json). glibc reads
 tunables only when a process starts, so the command-line entry points
 (``python -m vggjax.train``, ``python -m vggjax.bench``) start themselves again with it
 set (:func:`restart_with_hugepages`; ``VGGJAX_HUGEPAGES=0`` turns that off). Code that
@@ -32,7 +35,8 @@ OPT_OUT = "VGGJAX_HUGEPAGES"
 
 
 def _thp_mode() -> str:
-    """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), or "" if unknown."""
+    """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), or "" if
+    unknown."""
     try:
         with open(THP_SETTING) as f:
             text = f.read()

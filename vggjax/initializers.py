@@ -145,7 +145,8 @@ def trunc_normal(std: float = 0.01) -> Scheme:
 
 
 def xavier_uniform(gain: float = 1.0) -> Scheme:
-    """Glorot/Xavier uniform: U(±gain·sqrt(6/(fan_in+fan_out))) (``torch.nn.init.xavier_uniform_``)."""
+    """Glorot/Xavier uniform: U(±gain·sqrt(6/(fan_in+fan_out)))
+    (``torch.nn.init.xavier_uniform_``)."""
     return Scheme.same("xavier_uniform", _variance_scaling(gain**2, "fan_avg", "uniform"))
 
 
@@ -155,7 +156,8 @@ def xavier_normal(gain: float = 1.0) -> Scheme:
 
 
 def he_normal(mode: str = "fan_in") -> Scheme:
-    """He/Kaiming normal for ReLU: N(0, 2/fan), untruncated (``kaiming_normal_(nonlinearity='relu')``)."""
+    """He/Kaiming normal for ReLU: N(0, 2/fan), untruncated
+    (``kaiming_normal_(nonlinearity='relu')``)."""
     return Scheme.same(f"he_normal({mode})", _variance_scaling(2.0, mode, "normal"))
 
 
@@ -179,7 +181,8 @@ def torch_default() -> Scheme:
 
 
 def torchvision() -> Scheme:
-    """torchvision's VGG scheme: convs kaiming_normal(fan_out, relu) with zero bias, linears N(0, 0.01) with zero bias."""
+    """torchvision's VGG scheme: convs kaiming_normal(fan_out, relu) with zero bias, linears
+    N(0, 0.01) with zero bias."""
     zero = _as_bias(_constant(0.0))
     return Scheme(
         "torchvision",
@@ -248,7 +251,8 @@ def _parse_call(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def get(spec: "InitSpec") -> Scheme:
-    """Resolve a weight initialiser spec (name, name with args, Scheme or callable) to a :class:`Scheme`."""
+    """Resolve a weight initialiser spec (name, name with args, Scheme or callable) to a
+    :class:`Scheme`."""
     if isinstance(spec, Scheme):
         return spec
     if isinstance(spec, str):
@@ -296,8 +300,8 @@ InitSpec = Union[str, Scheme, Callable[..., Array], Mapping[str, Any]]
 def _fast_key(key: Array) -> Array:
     """An "rbg" key derived from a (threefry) key: same determinism, far cheaper to compile.
 
-    Threefry sampling compiles to a large XLA program per shape (seconds each on a small
-    CPU); the RngBitGenerator behind "rbg" keys compiles about 10x faster.
+    Threefry sampling compiles to a large XLA program per shape; the RngBitGenerator behind
+    "rbg" keys compiles much faster.
     """
     data = jax.random.key_data(key).reshape(-1)
     return jax.random.wrap_key_data(jnp.concatenate([data, data])[:4], impl="rbg")
@@ -310,7 +314,8 @@ def _draw(
 
 
 def _select(spec: InitSpec | None, path: str, default: InitSpec | None) -> InitSpec | None:
-    """The spec that applies to the layer at ``path`` (dicts: first matching glob, else ``default``)."""
+    """The spec that applies to the layer at ``path`` (dicts: first matching glob, else
+    ``default``)."""
     if isinstance(spec, Mapping):
         for pattern, value in spec.items():
             if fnmatch.fnmatchcase(path, pattern):

@@ -43,12 +43,14 @@ def activation(name: str | None) -> Callable[[Array], Array] | None:
 
 
 def max_pool(x: Array, size: int = 2, *, compute: Policy = Policy()) -> Array:
-    """2-D max pooling, window and stride ``size``, no padding (torch ``MaxPool2d(size)``), as ``compute`` says."""
+    """2-D max pooling, window and stride ``size``, no padding (torch ``MaxPool2d(size)``), as
+    ``compute`` says."""
     return ops.max_pool(x, size, policy=compute)
 
 
 def check_input(x: Array, *, channels: int, min_size: int, name: str, why: str) -> None:
-    """Raise :class:`ShapeError` if ``x`` is not NHWC with ``channels`` channels and H, W ≥ ``min_size``."""
+    """Raise :class:`ShapeError` if ``x`` is not NHWC with ``channels`` channels and
+    H, W ≥ ``min_size``."""
     if x.ndim != 4:
         raise ShapeError(
             f"{name} expects NHWC images of shape (N, H, W, {channels}), got shape {tuple(x.shape)}"
@@ -56,7 +58,8 @@ def check_input(x: Array, *, channels: int, min_size: int, name: str, why: str) 
     _, h, w, c = x.shape
     if c != channels:
         raise ShapeError(
-            f"{name} expects {channels} input channels (NHWC, shape (N, H, W, {channels})), got shape "
+            f"{name} expects {channels} input channels (NHWC, shape (N, H, W, {channels})), "
+            "got shape "
             f"{tuple(x.shape)}; transpose NCHW inputs or build the model with in_channels={c}"
         )
     if h < min_size or w < min_size:

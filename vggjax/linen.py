@@ -17,7 +17,8 @@ Example::
     class Classifier(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
-            x = vggjax.linen.vgg11(num_classes=10, width=0.25, head="gap", name="backbone")(x, train=train)
+            backbone = vggjax.linen.vgg11(num_classes=10, width=0.25, head="gap", name="backbone")
+            x = backbone(x, train=train)
             return nn.Dense(10)(nn.relu(x))
 
     variables = Classifier().init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
@@ -44,7 +45,8 @@ __all__ = ["build", "variables_from", "LinenVGG"] + list(ARCHS)
 
 
 class LinenVGG(VGG):
-    """The NNX :class:`VGG` that the Linen wrapper instantiates: built from an arch name, called with ``train``."""
+    """The NNX :class:`VGG` that the Linen wrapper instantiates: built from an arch name,
+    called with ``train``."""
 
     def __init__(self, arch: str, options: Any = FrozenDict(), *, rngs: nnx.Rngs):
         from vggjax.errors import one_of
@@ -77,7 +79,8 @@ def _freeze_options(options: dict[str, Any]) -> FrozenDict:
 
 
 def build(arch: str, *, name: str | None = None, **options: Any) -> nn.Module:
-    """A Linen module wrapping ``vggjax.build(arch, **options)`` (options as :class:`VGG`: num_classes, head, width, …).
+    """A Linen module wrapping ``vggjax.build(arch, **options)`` (options as :class:`VGG`:
+    num_classes, head, width, …).
 
     ``name`` names it inside a parent Linen module (its variables go under that key).
     Call it as ``module(x, train=False, return_features=False)``; returns logits
@@ -110,7 +113,10 @@ def _builder(arch: str):
         return build(arch, name=name, **options)
 
     fn.__name__ = fn.__qualname__ = arch
-    fn.__doc__ = f"Linen module wrapping ``vggjax.{arch}`` (options as :func:`vggjax.{arch}`); see :func:`build`."
+    fn.__doc__ = (
+        f"Linen module wrapping ``vggjax.{arch}`` (options as :func:`vggjax.{arch}`); "
+        "see :func:`build`."
+    )
     return fn
 
 

@@ -124,7 +124,8 @@ def _round(obj: Any) -> Any:
 
 
 def dump_json(obj: Any, path: str) -> None:
-    """Write a result record ``obj`` as indented JSON, floats to 9 significant digits, lists of numbers on one line."""
+    """Write a result record ``obj`` as indented JSON, floats to 9 significant digits, lists
+    of numbers on one line."""
     text = json.dumps(_round(obj), indent=1)
     text = _NUMBER_LIST.sub(
         lambda m: (

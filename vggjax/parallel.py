@@ -160,7 +160,8 @@ def replicate_for_pmap(tree: Any, num_devices: int | None = None) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-    """Device 0's copy of a pmap-replicated tree, as host arrays (reads one shard; compiles nothing)."""
+    """Device 0's copy of a pmap-replicated tree, as host arrays (reads one shard; compiles
+    nothing)."""
 
     def first(x: Any) -> Any:
         if isinstance(x, jax.Array):

@@ -1,11 +1,13 @@
-"""Warm starts without tracing: jitted steps saved with :mod:`jax.export` next to the compilation cache.
+"""Warm starts without tracing: jitted steps saved with :mod:`jax.export` next to the
+compilation cache.
 
 JAX's persistent compilation cache saves XLA's compile in a second process, but JAX must
 still trace the Python step and lower it to StableHLO to compute the cache key. For the
-VGG-16-BN train step that is most of a warm start: 1.1 s of trace+lower against 0.4 s to
-load the executable. :class:`CachedStep` serializes the traced step (``jax.export``,
-~100 KB) under ``<cache_dir>/vggjax-steps/``; a second process reads it (~10 ms), lowers
-one call of it (~0.2 s) and gets the same executable from the compilation cache.
+VGG-16-BN train step, tracing and lowering take longer than loading the executable, so
+they are most of a warm start (see ``jax.trace_lower_s`` and ``jax.warm_cache`` in
+experiments/results/bench/vgg16_bn_32_b64.json). :class:`CachedStep` serializes the
+traced step (``jax.export``) under ``<cache_dir>/vggjax-steps/``; a second process reads
+it, lowers one call of it and gets the same executable from the compilation cache.
 
 A stale file would run the wrong program, so the file name is a digest of everything
 that decides the trace: the caller's ``key`` (the trainer passes the whole config — its
@@ -125,7 +127,8 @@ def _versions() -> str:
 
 
 def _trace_context() -> str:
-    """JAX's trace-affecting config (x64, default matmul precision, PRNG impl, ...), without object addresses."""
+    """JAX's trace-affecting config (x64, default matmul precision, PRNG impl, ...), without
+    object addresses."""
     try:
         from jax._src import config as jax_config
 
@@ -178,7 +181,8 @@ def _read(path: str) -> export.Exported | None:
 
 
 def _write(path: str, blob: bytes) -> None:
-    """Write ``blob`` (with its sha256 in front) atomically; a failed write only loses the cache entry."""
+    """Write ``blob`` (with its sha256 in front) atomically; a failed write only loses the
+    cache entry."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
@@ -194,7 +198,8 @@ def _write(path: str, blob: bytes) -> None:
 
 
 class CachedStep:
-    """``jax.jit(fn, ...)`` for ``fn(state, batch) -> (state, metrics)`` (or ``-> metrics``), exported once per trace key.
+    """``jax.jit(fn, ...)`` for ``fn(state, batch) -> (state, metrics)`` (or ``-> metrics``),
+    exported once per trace key.
 
     Args:
       fn: the step. With ``returns_state`` it returns a new state of the same tree
@@ -298,8 +303,9 @@ class CachedStep:
         self._treedef = treedef
 
     def _leaves(self, state: Any, batch: Any) -> list | None:
-        """``state``'s leaves for the exported step (built on the first call), or None: use plain jit
-        (no exported step, or a state of another structure than the one it was made for)."""
+        """``state``'s leaves for the exported step (built on the first call), or None: use
+        plain jit (no exported step, or a state of another structure than the one it was
+        made for)."""
         if self.source is None:
             self._build(state, batch)
         if self._flat is None:
@@ -320,7 +326,8 @@ class CachedStep:
         return self._unflatten(self._flat(leaves, batch))
 
     def lower(self, state: Any, batch: Any) -> "_Lowered":
-        """Ahead-of-time lowering (as ``jax.jit(...).lower``); ``.compile()`` gives a callable on ``(state, batch)``."""
+        """Ahead-of-time lowering (as ``jax.jit(...).lower``); ``.compile()`` gives a callable
+        on ``(state, batch)``."""
         leaves = self._leaves(state, batch)
         if leaves is None:
             return _Lowered(self.jitted.lower(state, batch), None)
@@ -336,7 +343,8 @@ class _Lowered:
 
 
 class _Compiled:
-    """A compiled step that takes and returns the state tree (the executable's other methods pass through)."""
+    """A compiled step that takes and returns the state tree (the executable's other methods
+    pass through)."""
 
     def __init__(self, compiled: Any, step: CachedStep | None) -> None:
         self.compiled, self.step = compiled, step

@@ -66,7 +66,8 @@ MB = 1024.0**2
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One line of the table: feats name, layer type, output shape, parameters, resolved module path."""
+    """One line of the table: feats name, layer type, output shape, parameters, resolved
+    module path."""
 
     name: str
     type: str
@@ -197,7 +198,8 @@ _PARAM_ORDER = {"kernel": 0, "weight": 0, "scale": 1, "embedding": 0, "bias": 2}
 
 
 def _params_of(module: nnx.Module) -> list[tuple[str, int, bool]]:
-    """(relative path, size, trainable) of the module's Param/Frozen variables, torch order within a layer."""
+    """(relative path, size, trainable) of the module's Param/Frozen variables, torch order
+    within a layer."""
     out = []
     for path, var in nnx.iter_graph(module):
         if isinstance(var, (nnx.Param, Frozen)):
@@ -229,7 +231,8 @@ def _forward_fn(graphdef, *, record: list | None = None) -> Callable:
 
 
 def _cost_flops(fwd: Callable, state, x, policy: Any = None) -> float | None:
-    """Forward FLOPs from XLA's cost analysis of the lowered (uncompiled) HLO; compiled as a fallback.
+    """Forward FLOPs from XLA's cost analysis of the lowered (uncompiled) HLO; compiled as a
+    fallback.
 
     Lowered for a platform that gets the plain XLA ops (``cuda``) unless the policy forces
     the CPU formulations, so the count is the model's, not that of a CPU rewrite (im2col
@@ -338,7 +341,8 @@ def summarize(
 def summary(
     model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32, flops: bool = True
 ) -> str:
-    """The torchsummary-style table of ``model`` for an NHWC input of ``input_shape`` (e.g. ``(1, 224, 224, 3)``).
+    """The torchsummary-style table of ``model`` for an NHWC input of ``input_shape`` (e.g.
+    ``(1, 224, 224, 3)``).
 
     Rows: ``name (Type)``, output shape ``[-1, H, W, C]``, parameters; then total /
     trainable / non-trainable parameter counts, torchsummary's memory estimates (MiB) and
@@ -360,7 +364,8 @@ def _accepts(fn: Callable, option: str) -> bool:
 
 
 def build_abstract(name: str, **options) -> tuple[nnx.Module, int]:
-    """Build network ``name`` abstractly (no weights allocated); returns (model, natural input size).
+    """Build network ``name`` abstractly (no weights allocated); returns (model, natural
+    input size).
 
     ``options`` (e.g. ``num_classes``, ``head``, ``width``) go to the builder; an option
     the builder does not take raises :class:`~vggjax.errors.ConfigError`.
@@ -373,7 +378,8 @@ def build_abstract(name: str, **options) -> tuple[nnx.Module, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vggjax.summary NAME``: print the table; user errors print one line and return 2."""
+    """``python -m vggjax.summary NAME``: print the table; user errors print one line and
+    return 2."""
     parser = argparse.ArgumentParser(
         prog="python -m vggjax.summary",
         description="Print a torchsummary-style table (no weights are allocated).",
@@ -426,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _CallableModule(types.ModuleType):
-    """Lets ``vggjax.summary(model, shape)`` work although ``vggjax.summary`` is also this module."""
+    """Lets ``vggjax.summary(model, shape)`` work although ``vggjax.summary`` is also this
+    module."""
 
     def __call__(self, *args, **kwargs) -> str:
         return summary(*args, **kwargs)

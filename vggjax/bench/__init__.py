@@ -1,7 +1,8 @@
 """``python -m vggjax.bench``: train-step throughput, compile time, utilisation, input pipeline.
 
     python -m vggjax.bench                                   # vgg16_bn, 32×32, batch 64, CPU
-    python -m vggjax.bench --size 32 --batch 64 --torch --out experiments/results/bench/vgg16_bn_32_b64.json
+    python -m vggjax.bench --size 32 --batch 64 --torch \
+        --out experiments/results/bench/vgg16_bn_32_b64.json
     python -m vggjax.bench --profile                         # + per-layer conv fwd+bwd timings
     python -m vggjax.bench --accelerator --out gpu.json      # GPU/TPU suite (benchmarks/gpu.sh)
     python -m vggjax.bench --exports --out experiments/results/bench/export_ops.json

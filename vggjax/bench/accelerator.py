@@ -26,8 +26,8 @@ import traceback
 from typing import Any, Callable
 
 # Dense (non-sparse) matmul peaks per chip in TFLOP/s, by device kind, for bfloat16 and for the
-# float32 path XLA takes by default (TF32 tensor cores on Ampere and later GPUs; bf16 passes on TPU).
-# From the vendors' data sheets (H100/H200 SXM: 989 bf16, 495 TF32; PCIe H100: 756 / 378).
+# float32 path XLA takes by default (TF32 tensor cores on Ampere and later GPUs; bf16 passes on
+# TPU). From the vendors' data sheets (H100/H200 SXM: 989 bf16, 495 TF32; PCIe H100: 756 / 378).
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("H200", {"bfloat16": 989.0, "float32": 494.7}),
     ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
@@ -50,7 +50,8 @@ ORDER = ("jax_bf16", "torch_eager_bf16", "jax_f32", "jax_bf16_cpu_policy", "torc
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
-    """The dense peak of ``device_kind`` (``jax.devices()[0].device_kind``) for ``dtype``, or None if unknown."""
+    """The dense peak of ``device_kind`` (``jax.devices()[0].device_kind``) for ``dtype``, or
+    None if unknown."""
     for key, peaks in PEAK_TFLOPS:
         if key.lower() in device_kind.lower():
             return peaks[dtype]
@@ -58,7 +59,8 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
 
 
 def _device_memory() -> dict[str, float]:
-    """JAX's allocator statistics for device 0 in MiB (peak and current bytes in use), where the backend has them."""
+    """JAX's allocator statistics for device 0 in MiB (peak and current bytes in use), where
+    the backend has them."""
     import jax
 
     stats = jax.devices()[0].memory_stats() or {}
@@ -176,7 +178,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch": args.batch,
             "steps": args.steps,
             "width": args.width,
-            "batch_note": "batch 256: the VGG paper's; the peak device memory of each contender is recorded",
+            "batch_note": "batch 256: the VGG paper's; "
+            "the peak device memory of each contender is recorded",
         },
         "machine": timing.machine_info(),
         "git": timing.git_state(),
@@ -229,8 +232,8 @@ def _ratios(record: dict[str, Any]) -> None:
 def summary_lines(record: dict[str, Any]) -> list[str]:
     cfg = record["config"]
     lines = [
-        f"{cfg['arch']} {cfg['size']}x{cfg['size']} batch {cfg['batch']} on {record['device_kind']} "
-        f"({record['wall_s']:.0f} s)"
+        f"{cfg['arch']} {cfg['size']}x{cfg['size']} batch {cfg['batch']} "
+        f"on {record['device_kind']} ({record['wall_s']:.0f} s)"
     ]
     for name, e in record["contenders"].items():
         if "step" not in e:
@@ -243,8 +246,9 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         )
         mfu = f", MFU {100 * e['mfu']:.0f}%" if "mfu" in e else ""
         lines.append(
-            f"{name:22s} {e['step']['median_s'] * 1e3:7.1f} ms  {e['step']['images_per_s']:8.0f} img/s"
-            f"{mfu}, compile {compile_s:.0f} s, memory {mem / 1024:.1f} GiB"
+            f"{name:22s} {e['step']['median_s'] * 1e3:7.1f} ms  "
+            f"{e['step']['images_per_s']:8.0f} img/s{mfu}, "
+            f"compile {compile_s:.0f} s, memory {mem / 1024:.1f} GiB"
         )
     for name, why in record["skipped"].items():
         lines.append(f"{name:22s} skipped: {why.splitlines()[0][:160]}")

@@ -19,7 +19,8 @@ VARIANT_FORMAT = "NAME:POLICY, e.g. old_tapgrad:auto,tapgrad_min_pixels=256 or p
 
 
 def parse_variant(spec: str) -> tuple[str, Any]:
-    """``"NAME:POLICY"`` (``--variant``) -> ``(NAME, vggjax.ops.Policy)``; a one-line SystemExit if malformed."""
+    """``"NAME:POLICY"`` (``--variant``) -> ``(NAME, vggjax.ops.Policy)``; a one-line
+    SystemExit if malformed."""
     from vggjax import ops
     from vggjax.errors import ConfigError
 
@@ -71,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar=VARIANT_FORMAT.split(",")[0],
-        help="also time the JAX step under another compute policy (an A/B, in turns with the others), "
+        help="also time the JAX step under another compute policy "
+        "(an A/B, in turns with the others), "
         f"{VARIANT_FORMAT.split(', ', 1)[1]}; repeatable",
     )
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager and torch.compile")
@@ -114,22 +116,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--accelerator",
         action="store_true",
-        help="the GPU/TPU suite: bf16 and f32, the policy A/B, MFU against the device's peak, PyTorch "
-        "on the same device (benchmarks/gpu.sh)",
+        help="the GPU/TPU suite: bf16 and f32, the policy A/B, MFU against the device's peak, "
+        "PyTorch on the same device (benchmarks/gpu.sh)",
     )
     p.add_argument(
         "--budget-s",
         type=float,
         default=300.0,
-        help="with --accelerator: set up no further contender after this many seconds (default 300)",
+        help="with --accelerator: set up no further contender after this many seconds "
+        "(default 300)",
     )
-    p.add_argument(
-        "--allow-cpu", action="store_true", help=argparse.SUPPRESS
-    )  # --accelerator's code path on CPU (tests)
+    # --accelerator's code path on CPU (tests)
+    p.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--exports",
         action="store_true",
-        help="op counts and FLOPs of the trainer's steps exported for cpu, cuda and tpu (no compute)",
+        help="op counts and FLOPs of the trainer's steps exported for cpu, cuda and tpu "
+        "(no compute)",
     )
     p.add_argument("--first-step-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help="write the JSON record here")

@@ -37,7 +37,8 @@ IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
 def imagenet_config(arch: str = "vgg16_bn", *, compute: str = "auto", parallel: str = "jit"):
-    """The ImageNet training config with ``arch`` as the model (everything else as the config file says)."""
+    """The ImageNet training config with ``arch`` as the model (everything else as the config
+    file says)."""
     from vggjax.configs import imagenet_vgg16
 
     config = imagenet_vgg16.get_config()
@@ -54,7 +55,8 @@ def _abstract(tree: Any, sharding: Any = None) -> Any:
 
 
 def trainer_steps(config) -> dict[str, tuple[Callable, tuple]]:
-    """``{"train": (jitted step, abstract args), "eval": ...}``: the trainer's steps for ``config``, as it jits them.
+    """``{"train": (jitted step, abstract args), "eval": ...}``: the trainer's steps for
+    ``config``, as it jits them.
 
     The same pure steps and jit options as the trainer's runner (:mod:`vggjax.training.runner`):
     mesh mode is ``jax.jit`` with the state replicated and the batch ``P("data")`` over all
@@ -124,21 +126,24 @@ def export(fn: Callable, args: tuple, platform: str) -> Any:
 
 
 def flops(fn: Callable, args: tuple, platform: str) -> float:
-    """XLA's cost-analysis FLOPs of ``fn`` lowered for ``platform`` (before XLA's optimisations; global batch)."""
+    """XLA's cost-analysis FLOPs of ``fn`` lowered for ``platform`` (before XLA's
+    optimisations; global batch)."""
     from vggjax.bench.step import cost
 
     return cost(fn.trace(*args).lower(lowering_platforms=(platform,)))["flops"]
 
 
 def main_record() -> dict[str, Any]:
-    """Op counts and FLOPs of vgg16 and vgg16_bn's train and eval steps, mesh and pmap, per platform."""
+    """Op counts and FLOPs of vgg16 and vgg16_bn's train and eval steps, mesh and pmap, per
+    platform."""
     import jax
 
     from vggjax.bench.timing import git_state, machine_info
 
     record: dict[str, Any] = {
         "command": "python -m vggjax.bench --exports",
-        "what": "the trainer's steps for the ImageNet config (fc head, 224x224, bfloat16, batch 256 global) "
+        "what": "the trainer's steps for the ImageNet config "
+        "(fc head, 224x224, bfloat16, batch 256 global) "
         "exported with jax.export per platform under compute='auto'; StableHLO op counts and XLA "
         "cost-analysis FLOPs of the lowered (unoptimised) module",
         "devices": jax.device_count(),

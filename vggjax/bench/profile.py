@@ -1,5 +1,6 @@
 """Per-layer profiles (each conv's and max pool's forward+backward in every formulation) and
-the input pipeline alone — the measurements behind the CPU thresholds of :class:`vggjax.ops.Policy`."""
+the input pipeline alone — the measurements behind the CPU thresholds of
+:class:`vggjax.ops.Policy`."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def conv_layer_shapes(arch: str, size: int, batch: int, width: float = 1.0) -> l
 def conv_profile(
     arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5, compute: str = "auto"
 ) -> list[dict[str, Any]]:
-    """Forward+backward time of each 3×3 conv layer of ``arch`` in every formulation of :mod:`vggjax.ops`.
+    """Forward+backward time of each 3×3 conv layer of ``arch`` in every formulation of
+    :mod:`vggjax.ops`.
 
     ``lax_conv`` (XLA's conv and its gradients), ``im2col`` (patches + one matmul),
     ``tapgrad`` (lax.conv forward and input gradient, kernel gradient as per-tap matmuls)
@@ -81,7 +83,8 @@ def conv_profile(
 def pool_profile(
     arch: str, size: int, batch: int, width: float = 1.0, reps: int = 5
 ) -> list[dict[str, Any]]:
-    """Forward+backward time of each 2×2 max pool of ``arch``: ``reduce_window`` vs argmax-and-select (:mod:`vggjax.ops`)."""
+    """Forward+backward time of each 2×2 max pool of ``arch``: ``reduce_window`` vs
+    argmax-and-select (:mod:`vggjax.ops`)."""
     import jax
     import jax.numpy as jnp
 
@@ -118,7 +121,8 @@ def pool_profile(
 def pipeline_bench(
     size: int, batch: int, seconds: float = 3.0, warmup: int = 5
 ) -> dict[str, float]:
-    """Images/s of the embedded-digits training pipeline alone (resize to ``size``², augment, normalise, batch)."""
+    """Images/s of the embedded-digits training pipeline alone (resize to ``size``², augment,
+    normalise, batch)."""
     from vggjax import data
 
     batches, _ = data.load(

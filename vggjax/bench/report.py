@@ -11,38 +11,46 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     """A short human-readable summary of a bench ``record``."""
     cfg, jx = record["config"], record["jax"]
     lines = [
-        f"{cfg['arch']} {cfg['size']}x{cfg['size']} batch {cfg['batch']} ({cfg['dtype']}) on {record['machine']['cpu_model']}, "
+        f"{cfg['arch']} {cfg['size']}x{cfg['size']} batch {cfg['batch']} ({cfg['dtype']}) "
+        f"on {record['machine']['cpu_model']}, "
         f"load {record['load_avg_start'][0]:.2f} -> {record['load_avg_end'][0]:.2f}",
-        f"jax step: {jx['step']['median_s'] * 1e3:.0f} ms median (spread {jx['step']['spread_pct']:.0f}%), "
+        f"jax step: {jx['step']['median_s'] * 1e3:.0f} ms median "
+        f"(spread {jx['step']['spread_pct']:.0f}%), "
         f"{jx['step']['images_per_s']:.1f} img/s; first step {jx['first_step_s']:.1f} s "
         f"(trace+lower {jx['trace_lower_s']:.2f} s, compile {jx['compile_s']:.2f} s)",
     ]
     warm = jx.get("warm_cache")
     if warm and "error" not in warm:
         lines.append(
-            f"warm cache: first step {warm['first_step_s']:.2f} s (trace+lower {warm['trace_lower_s']:.2f} s, "
+            f"warm cache: first step {warm['first_step_s']:.2f} s "
+            f"(trace+lower {warm['trace_lower_s']:.2f} s, "
             f"compile/load {warm['compile_s']:.2f} s, run {warm['first_run_s']:.2f} s)"
         )
     u = record["utilisation"]
     lines.append(
-        f"{jx['flops'] / 1e9:.1f} GFLOP/step executed -> {u['step_gflops']:.1f} GFLOP/s = {100 * u['fraction_of_peak']:.0f}% "
-        f"of the measured {u['peak_gflops']:.0f} GFLOP/s matmul peak; peak RSS {jx['peak_rss_mib']:.0f} MiB"
+        f"{jx['flops'] / 1e9:.1f} GFLOP/step executed -> {u['step_gflops']:.1f} GFLOP/s "
+        f"= {100 * u['fraction_of_peak']:.0f}% "
+        f"of the measured {u['peak_gflops']:.0f} GFLOP/s matmul peak; "
+        f"peak RSS {jx['peak_rss_mib']:.0f} MiB"
     )
     if "model_flops" in jx:
         lines.append(
-            f"{jx['model_flops'] / 1e9:.1f} GFLOP/step model (the plain step's count) -> {u['model_step_gflops']:.1f} "
+            f"{jx['model_flops'] / 1e9:.1f} GFLOP/step model (the plain step's count) "
+            f"-> {u['model_step_gflops']:.1f} "
             f"GFLOP/s = {100 * u['model_fraction_of_peak']:.0f}% of peak (MFU)"
         )
     if "input_pipeline" in record:
         p = record["input_pipeline"]
         lines.append(
-            f"input pipeline: {p['images_per_s']:.0f} img/s ({p['ratio_to_train_step']:.1f}x the train step)"
+            f"input pipeline: {p['images_per_s']:.0f} img/s "
+            f"({p['ratio_to_train_step']:.1f}x the train step)"
         )
     for name in ("torch_eager", "torch_compile"):
         if name in record:
             t = record[name]
             lines.append(
-                f"{name}: {t['step']['median_s'] * 1e3:.0f} ms median, {t['step']['images_per_s']:.1f} img/s, "
+                f"{name}: {t['step']['median_s'] * 1e3:.0f} ms median, "
+                f"{t['step']['images_per_s']:.1f} img/s, "
                 f"first step {t['first_step_s']:.1f} s"
             )
     for k, v in record.get("ratios", {}).items():
@@ -67,20 +75,22 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         )
         for op in ops["top_ops"][:10]:
             lines.append(
-                f"  {op['ms_per_step']:7.1f} ms  {op['op']:28s} {op.get('shape', '')[:40]:40s} {op.get('source', '')[:60]}"
+                f"  {op['ms_per_step']:7.1f} ms  {op['op']:28s} "
+                f"{op.get('shape', '')[:40]:40s} {op.get('source', '')[:60]}"
             )
     for row in record.get("pool_profile", []):
         lines.append(
-            f"  {row['name']:8s} {'x'.join(map(str, row['shape']))}: reduce_window {row['reduce_window_s'] * 1e3:6.1f} ms"
+            f"  {row['name']:8s} {'x'.join(map(str, row['shape']))}: "
+            f"reduce_window {row['reduce_window_s'] * 1e3:6.1f} ms"
             f"  vggjax.layers.max_pool {row['vggjax_s'] * 1e3:6.1f} ms"
         )
     return lines
 
 
 def record_label(record: dict[str, Any], batch_word: str = "batch ") -> str:
-    """``vgg16_bn 32×32 batch 64``, plus ``plain`` (``compute="xla"``: no CPU formulations; older
-    records say ``formulations: plain``) and ``4 KiB pages`` (run without ``glibc.malloc.hugetlb=1``;
-    records older than that setting carry no mark)."""
+    """``vgg16_bn 32×32 batch 64``, plus ``plain`` (``compute="xla"``: no CPU formulations;
+    older records say ``formulations: plain``) and ``4 KiB pages`` (run without
+    ``glibc.malloc.hugetlb=1``; records older than that setting carry no mark)."""
     c = record["config"]
     label = f"{c['arch']} {c['size']}×{c['size']} {batch_word}{c['batch']}"
     if c.get("formulations") == "plain" or c.get("compute") == "xla":
@@ -98,8 +108,10 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         return f"{x * 1e3:.0f} ms"
 
     head = (
-        "| config | vggjax step (median, spread) | img/s | PyTorch eager | torch.compile | vs eager | vs compile "
-        "| GFLOP/step model / executed | % of matmul peak: model (MFU) / executed | compile cold / warm-cache "
+        "| config | vggjax step (median, spread) | img/s | PyTorch eager | torch.compile "
+        "| vs eager | vs compile "
+        "| GFLOP/step model / executed | % of matmul peak: model (MFU) / executed "
+        "| compile cold / warm-cache "
         "| input pipeline | peak RSS | load avg start→end |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
@@ -151,7 +163,8 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def variants_table(records: Sequence[dict[str, Any]]) -> str:
-    """Markdown A/B table of the records' ``--variant`` steps against their default step ("" if none)."""
+    """Markdown A/B table of the records' ``--variant`` steps against their default step
+    ("" if none)."""
     rows = [
         "| config | step | policy | median (spread) | speed vs the default |",
         "|---|---|---|---|---|",
@@ -161,7 +174,8 @@ def variants_table(records: Sequence[dict[str, Any]]) -> str:
             continue
         jx = r["jax"]
         rows.append(
-            f"| {record_label(r)} | default | `compute={r['config'].get('compute', 'auto')}` | {jx['step']['median_s'] * 1e3:.0f} ms (±{jx['step']['spread_pct']:.0f}%) | 1.00× |"
+            f"| {record_label(r)} | default | `compute={r['config'].get('compute', 'auto')}` "
+            f"| {jx['step']['median_s'] * 1e3:.0f} ms (±{jx['step']['spread_pct']:.0f}%) | 1.00× |"
         )
         for name, v in r["variants"].items():
             settings = f"`{_variant_spec(v)}`"
@@ -173,7 +187,8 @@ def variants_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
-    """Bar chart of each record's median step time: vggjax, PyTorch eager and torch.compile (when measured)."""
+    """Bar chart of each record's median step time: vggjax, PyTorch eager and torch.compile
+    (when measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,7 +231,8 @@ def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
     ax.set_xticks(range(len(records)), labels, fontsize=8)
     ax.set_ylabel("train step, ms (median)")
     ax.set_title(
-        f"VGG train step on {records[0]['machine']['cpu_model']}, {records[0]['machine']['logical_cores']} cores",
+        f"VGG train step on {records[0]['machine']['cpu_model']}, "
+        f"{records[0]['machine']['logical_cores']} cores",
         fontsize=9,
     )
     ax.legend(fontsize=8)
@@ -226,7 +242,8 @@ def plot_step_times(records: Sequence[dict[str, Any]], path: str) -> None:
 
 
 def _variant_spec(v: dict[str, Any]) -> str:
-    """``compute=SPEC`` of a variant; records from before the compute policy list the module settings they changed."""
+    """``compute=SPEC`` of a variant; records from before the compute policy list the module
+    settings they changed."""
     if "compute" in v:
         return f"compute={v['compute']}"
     return " ".join(f"{k}={val!r}" for k, val in v.get("settings", {}).items())

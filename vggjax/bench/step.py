@@ -32,7 +32,8 @@ def bench_config(
     cache_dir: str = "",
     compute: str = "auto",
 ):
-    """The trainer config for the benchmark: ``arch`` with torchvision's fc head, 10 classes, SGD as torch.
+    """The trainer config for the benchmark: ``arch`` with torchvision's fc head, 10 classes,
+    SGD as torch.
 
     SGD lr 0.01, momentum 0.9, coupled weight decay 5e-4 on every parameter (torch
     ``SGD(weight_decay=5e-4)``), constant schedule; dropout 0.5; 3-channel ``size``² input;
@@ -66,7 +67,8 @@ def bench_config(
 
 
 def fixed_batch(size: int, batch: int, channels: int = 3) -> dict[str, Any]:
-    """A fixed random batch in the trainer's format (NHWC float32 images, int32 labels, mask), on the device."""
+    """A fixed random batch in the trainer's format (NHWC float32 images, int32 labels, mask),
+    on the device."""
     import jax
     import jax.numpy as jnp
 
@@ -102,7 +104,8 @@ def model_flops(config) -> float:
 
 
 def step_fn_of(config) -> tuple[Callable, Callable]:
-    """``(step_fn, make_state)``: the trainer's pure train step for ``config`` and its state's initializer."""
+    """``(step_fn, make_state)``: the trainer's pure train step for ``config`` and its state's
+    initializer."""
     from vggjax import optim
     from vggjax.training import init_state, make_train_step
 

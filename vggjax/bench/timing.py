@@ -87,7 +87,8 @@ def with_host_counters(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list[t
 
 
 def host_counter_stats(samples: Sequence[tuple[int, float]]) -> dict[str, float]:
-    """Median minor page faults and system CPU seconds per call of :func:`with_host_counters`' samples."""
+    """Median minor page faults and system CPU seconds per call of :func:`with_host_counters`'
+    samples."""
     faults, system = zip(*samples) if samples else ((0,), (0.0,))
     return {
         "page_faults_per_step": float(np.median(faults)),
@@ -171,7 +172,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def matmul_peak(n: int = PEAK_MATMUL_SIZE, reps: int = 7) -> dict[str, float]:
-    """The machine's fp32 matmul peak in GFLOP/s: the fastest of ``reps`` timed ``n×n @ n×n`` in XLA."""
+    """The machine's fp32 matmul peak in GFLOP/s: the fastest of ``reps`` timed ``n×n @ n×n``
+    in XLA."""
     import jax
     import jax.numpy as jnp
 

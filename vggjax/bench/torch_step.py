@@ -1,4 +1,5 @@
-"""The same train step in PyTorch (torchvision's model), the comparison ``--torch`` times in turns with JAX."""
+"""The same train step in PyTorch (torchvision's model), the comparison ``--torch`` times in
+turns with JAX."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""CIFAR-10 with VGG-16-BN: the usual CIFAR VGG recipe (32x32, pad-4 crops + flips, 1x1 classifier input).
+"""CIFAR-10 with VGG-16-BN: the usual CIFAR VGG recipe (32x32, pad-4 crops + flips, 1x1
+classifier input).
 
 Reproduces the common CIFAR-10 VGG-16-BN baseline (about 93-94% test accuracy after 200
 epochs in PyTorch implementations). The dataset must be prepared once on a machine with
 network (vggjax never downloads): ``tfds build cifar10 --data_dir=DIR``.
 
-    python -m vggjax.train --config=vggjax/configs/cifar10_vgg16_bn.py --workdir=runs/cifar10_vgg16_bn \
-        --config.data_dir=DIR
+    python -m vggjax.train --config=vggjax/configs/cifar10_vgg16_bn.py \
+        --workdir=runs/cifar10_vgg16_bn --config.data_dir=DIR
 """
 
 import ml_collections

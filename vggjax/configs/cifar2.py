@@ -1,4 +1,5 @@
-"""CIFAR-2 (airplane vs bird from CIFAR-10) with the book nets of *Deep Learning with PyTorch*, ch. 8.
+"""CIFAR-2 (airplane vs bird from CIFAR-10) with the book nets of *Deep Learning with
+PyTorch*, ch. 8.
 
 The book trains ``Net`` (18,090 parameters) with plain SGD, lr 1e-2, batch 64, 100 epochs,
 no augmentation, CIFAR-10 normalisation, and reports about 0.93 train / 0.89 validation
@@ -8,7 +9,8 @@ L2 regularisation (``loss + 0.001 * sum(w**2)``) is ``--config.optim.weight_deca
 (coupled weight decay = 2*lambda; tests check the equivalence step by step).
 Prepare CIFAR-10 once on a machine with network: ``tfds build cifar10 --data_dir=DIR``.
 
-    python -m vggjax.train --config=vggjax/configs/cifar2.py --workdir=runs/cifar2_net --config.data_dir=DIR
+    python -m vggjax.train --config=vggjax/configs/cifar2.py --workdir=runs/cifar2_net \
+        --config.data_dir=DIR
     python -m vggjax.train --config=vggjax/configs/cifar2.py --config.model=net_res_deep \
         --config.model_options.n_blocks=100 --workdir=runs/cifar2_resdeep
 """

@@ -1,4 +1,5 @@
-"""Quickstart: VGG-11-BN (width 1/4) on the embedded handwritten digits, offline, in minutes on a CPU.
+"""Quickstart: VGG-11-BN (width 1/4) on the embedded handwritten digits, offline, in minutes
+on a CPU.
 
 The digits are scikit-learn's bundled 1,797 real 8x8 scans (UCI optical digits), built
 locally into a TFDS dataset (``vggjax_digits``: 1,438 train / 359 test, stratified) and

@@ -1,4 +1,5 @@
-"""Fine-tune imported ImageNet weights (torchvision or Keras, via ``python -m vggjax.convert``) on a new dataset.
+"""Fine-tune imported ImageNet weights (torchvision or Keras, via ``python -m vggjax.convert``)
+on a new dataset.
 
 The model is a full-width torchvision-layout VGG (``fc`` head: adaptive 7×7 pooling,
 4096-4096-classes), so every converted tensor fits; ``--config.init_from`` loads them and
@@ -9,7 +10,8 @@ new last layer. ``--config.model_options.head=fc_conv`` trains the same weights 
 FC-as-convolution head (``init_from`` reshapes fc6-fc8's kernels). Inputs are normalised
 with the ImageNet mean/std (torchvision's preprocessing; for Keras weights, see the README).
 
-    python -m vggjax.convert --from torchvision --arch vgg16 --input vgg16-397923af.pth --output weights/vgg16
+    python -m vggjax.convert --from torchvision --arch vgg16 --input vgg16-397923af.pth \
+        --output weights/vgg16
     python -m vggjax.train --config=vggjax/configs/finetune.py --config.init_from=weights/vgg16 \
         --config.model=vgg16 --config.dataset=imagenette --workdir=runs/ft
 """

@@ -1,4 +1,5 @@
-"""ImageNet (ILSVRC-2012) with VGG-16: the recipe of Simonyan & Zisserman (arXiv 1409.1556, Sec. 3.1), for a TPU pod.
+"""ImageNet (ILSVRC-2012) with VGG-16: the recipe of Simonyan & Zisserman (arXiv 1409.1556,
+Sec. 3.1), for a TPU pod.
 
 Paper: mini-batch 256, SGD momentum 0.9, L2 weight decay 5e-4, dropout 0.5 on fc6/fc7,
 learning rate 1e-2 divided by 10 when the validation accuracy stops improving (three
@@ -8,12 +9,13 @@ jittering is not reproduced), Glorot initialisation (the paper's post-submission
 also removes the need to pre-train config A first). Expect about 71-72% top-1 (single
 centre crop) at the end.
 
-The ImageNet tar files must be placed by hand: ``DIR/downloads/manual/ILSVRC2012_img_{train,val}.tar``,
-then ``tfds build imagenet2012 --data_dir=DIR`` (once, on one machine; put DIR on a shared bucket).
-On every host of a TPU VM pod (the same command; jax.distributed joins the hosts):
+The ImageNet tar files must be placed by hand:
+``DIR/downloads/manual/ILSVRC2012_img_{train,val}.tar``, then
+``tfds build imagenet2012 --data_dir=DIR`` (once, on one machine; put DIR on a shared
+bucket). On every host of a TPU VM pod (the same command; jax.distributed joins the hosts):
 
-    python -m vggjax.train --config=vggjax/configs/imagenet_vgg16.py --workdir=gs://BUCKET/runs/vgg16 \
-        --config.data_dir=gs://BUCKET/tensorflow_datasets
+    python -m vggjax.train --config=vggjax/configs/imagenet_vgg16.py \
+        --workdir=gs://BUCKET/runs/vgg16 --config.data_dir=gs://BUCKET/tensorflow_datasets
 """
 
 import ml_collections

@@ -9,8 +9,10 @@ reproduces why and compares the fixes. Here ``model_options`` selects them:
 poster's fix), or ``--config.model=wsdr_bn`` (BatchNorm, eps 1e-3, frozen running stats).
 Prepare VOC 2007 once on a machine with network: ``tfds build voc/2007 --data_dir=DIR``.
 
-    python -m vggjax.train --config=vggjax/configs/voc2007_wsdr.py --workdir=runs/voc_wsdr --config.data_dir=DIR
-    python -m vggjax.train --config=vggjax/configs/voc2007_wsdr.py --config.model_options.fc=True --workdir=runs/voc_wsdr_fc
+    python -m vggjax.train --config=vggjax/configs/voc2007_wsdr.py --workdir=runs/voc_wsdr \
+        --config.data_dir=DIR
+    python -m vggjax.train --config=vggjax/configs/voc2007_wsdr.py \
+        --config.model_options.fc=True --workdir=runs/voc_wsdr_fc
 """
 
 import ml_collections

@@ -48,7 +48,8 @@ def _apply(module, x: Array, feats: dict, name: str) -> Array:
 
 
 class FCHead(nnx.Module):
-    """Adaptive avg-pool to ``pool_size``² → flatten → fc6 → ReLU → Dropout → fc7 → ReLU → Dropout → fc8.
+    """Adaptive avg-pool to ``pool_size``² → flatten → fc6 → ReLU → Dropout → fc7 → ReLU →
+    Dropout → fc8.
 
     Input ``(N, h, w, in_channels)`` with any h, w ≥ 1; output logits ``(N, num_classes)``.
     """
@@ -146,7 +147,8 @@ class ConvHead(nnx.Module):
         k = self.kernel_size
         if fc.pool_size != k:
             raise ConfigError(
-                f"cannot port an fc head pooled to {fc.pool_size}x{fc.pool_size} into a {k}x{k} conv"
+                f"cannot port an fc head pooled to {fc.pool_size}x{fc.pool_size} "
+                f"into a {k}x{k} conv"
             )
         for name in ("fc6", "fc7", "fc8"):
             src, dst = getattr(fc, name), getattr(self, name)
@@ -262,13 +264,15 @@ def make_head(name: str, in_channels: int, num_classes: int, **kwargs) -> nnx.Mo
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ConfigError(
-            f"unknown option(s) {', '.join(unknown)} for head {name!r}; valid: {', '.join(sorted(allowed - {'rngs'}))}"
+            f"unknown option(s) {', '.join(unknown)} for head {name!r}; "
+            f"valid: {', '.join(sorted(allowed - {'rngs'}))}"
         )
     return cls(in_channels, num_classes, **kwargs)
 
 
 def _check_hidden(name: str, hidden: Any) -> None:
-    """ConfigError unless ``hidden`` has the head's form: one width for fc/fc_conv, a list of widths for gap."""
+    """ConfigError unless ``hidden`` has the head's form: one width for fc/fc_conv, a list of
+    widths for gap."""
 
     def width(h: Any) -> bool:
         return isinstance(h, numbers.Integral) and not isinstance(h, bool) and h > 0
@@ -276,9 +280,11 @@ def _check_hidden(name: str, hidden: Any) -> None:
     if name == "gap":
         if not (isinstance(hidden, (list, tuple)) and all(width(h) for h in hidden)):
             raise ConfigError(
-                f"head 'gap' option hidden is a list of 1x1-conv widths, e.g. (256,), or () for none; got {hidden!r}"
+                "head 'gap' option hidden is a list of 1x1-conv widths, e.g. (256,), "
+                f"or () for none; got {hidden!r}"
             )
     elif not width(hidden):
         raise ConfigError(
-            f"head {name!r} option hidden is the width of fc6 and fc7, a positive integer such as 4096; got {hidden!r}"
+            f"head {name!r} option hidden is the width of fc6 and fc7, "
+            f"a positive integer such as 4096; got {hidden!r}"
         )

@@ -1,4 +1,5 @@
-"""The model registry: a name → builder table that model modules register into (torchvision/timm style).
+"""The model registry: a name → builder table that model modules register into
+(torchvision/timm style).
 
 ``vggjax.models.vgg`` registers ``vgg11`` … ``vgg19_bn``; ``vggjax.models.reference`` the
 networks of the reference cases (``wsdr``, ``net``, ``overfeat_slim``, …). The trainer's
@@ -51,7 +52,8 @@ class Entry:
         return self.options if self.options is not None else self.build
 
     def parameters(self) -> dict[str, inspect.Parameter] | None:
-        """The builder's keyword parameters (None when it takes ``**kwargs`` or has no signature)."""
+        """The builder's keyword parameters (None when it takes ``**kwargs`` or has no
+        signature)."""
         try:
             params = inspect.signature(self.signature_source).parameters
         except (TypeError, ValueError):
@@ -102,7 +104,8 @@ def get(name: str) -> Entry:
 
 
 def names(family: str | None = None) -> list[str]:
-    """Registered names, sorted (only those of ``family`` — ``"vgg"``, ``"reference"``, ``"user"`` — if given)."""
+    """Registered names, sorted (only those of ``family`` — ``"vgg"``, ``"reference"``,
+    ``"user"`` — if given)."""
     _load_builtin()
     return sorted(n for n, e in _ENTRIES.items() if family is None or e.family == family)
 

@@ -79,7 +79,8 @@ def scale_width(channels: int, width: float) -> int:
 
 
 class Features(nnx.Module):
-    """The VGG convolutional body: conv3×3(pad 1) → (BN) → ReLU per int in ``cfg``, max-pool per "M".
+    """The VGG convolutional body: conv3×3(pad 1) → (BN) → ReLU per int in ``cfg``, max-pool
+    per "M".
 
     Input ``(N, H, W, in_channels)``; output ``(N, H/2^p, W/2^p, C_last)`` for p pools.
     """

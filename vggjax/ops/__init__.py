@@ -42,7 +42,8 @@ __all__ = [
 
 
 def _dispatch(policy: Policy, args: Sequence[Any], cpu_fn: Callable, xla_fn: Callable) -> Any:
-    """``cpu_fn(*args)`` or ``xla_fn(*args)`` as the policy says; for ``"auto"``, chosen at lowering."""
+    """``cpu_fn(*args)`` or ``xla_fn(*args)`` as the policy says; for ``"auto"``, chosen at
+    lowering."""
     if policy.mode == "xla":
         return xla_fn(*args)
     if policy.mode == "cpu":
@@ -53,7 +54,8 @@ def _dispatch(policy: Policy, args: Sequence[Any], cpu_fn: Callable, xla_fn: Cal
 def _explicit_padding(
     padding: Any, in_hw: Sequence[int], kernel_hw: Sequence[int]
 ) -> tuple[tuple[int, int], ...]:
-    """``padding`` ("SAME", "VALID" or ((lo, hi), (lo, hi))) as explicit (lo, hi) pairs for stride 1."""
+    """``padding`` ("SAME", "VALID" or ((lo, hi), (lo, hi))) as explicit (lo, hi) pairs for
+    stride 1."""
     if isinstance(padding, str):
         return tuple(lax.padtype_to_pads(tuple(in_hw), tuple(kernel_hw), (1, 1), padding))
     return tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -95,7 +97,8 @@ def conv_formulation(
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-    """``lax.conv_general_dilated`` as the policy says; pass it as ``nnx.Conv(conv_general_dilated=Conv(policy))``.
+    """``lax.conv_general_dilated`` as the policy says; pass it as
+    ``nnx.Conv(conv_general_dilated=Conv(policy))``.
 
     Hashable (a frozen dataclass of a frozen policy), so it is a valid static attribute of
     an NNX module and two layers built with the same policy have equal graph definitions.
@@ -187,7 +190,8 @@ def pooled_linear(
     precision: Any = None,
     policy: Policy = Policy(),
 ) -> Array:
-    """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias`` (torchvision's avgpool → fc6).
+    """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias`` (torchvision's
+    avgpool → fc6).
 
     ``x``: ``(N, h, w, C)``; ``kernel``: ``(oh·ow·C, K)`` in (h, w, c) flatten order; returns
     ``(N, K)``. On CPU, when the pooling upsamples, the pooling is folded into the kernel
@@ -206,7 +210,8 @@ def pooled_linear(
 
 
 def sums_of_squares(leaves: Sequence[Array], *, policy: Policy = Policy()) -> list[Array]:
-    """``[Σ x² for x in leaves]``, each a float32 scalar: ``vdot`` on CPU (``squares_by_dot``), else ``sum(square)``."""
+    """``[Σ x² for x in leaves]``, each a float32 scalar: ``vdot`` on CPU (``squares_by_dot``),
+    else ``sum(square)``."""
     leaves = list(leaves)
     if not leaves:
         return []

@@ -71,14 +71,16 @@ def use_im2col(
 
 
 def use_row_im2col(policy: Policy, kernel_hw: Sequence[int], out_channels: int) -> bool:
-    """Width-only im2col: a kernel larger than 1×1 with ≤ ``row_im2col_max_out_channels`` outputs."""
+    """Width-only im2col: a kernel larger than 1×1 with ≤ ``row_im2col_max_out_channels``
+    outputs."""
     return tuple(kernel_hw) != (1, 1) and out_channels <= policy.row_im2col_max_out_channels
 
 
 def use_tap_gradient(
     policy: Policy, in_hw: Sequence[int], kernel_hw: Sequence[int], out_channels: int
 ) -> bool:
-    """Per-tap kernel gradient: maps of ≥ ``tapgrad_min_pixels`` pixels, ≥ ``tapgrad_min_out_channels`` outputs."""
+    """Per-tap kernel gradient: maps of ≥ ``tapgrad_min_pixels`` pixels,
+    ≥ ``tapgrad_min_out_channels`` outputs."""
     return (
         tuple(kernel_hw) != (1, 1)
         and in_hw[0] * in_hw[1] >= policy.tapgrad_min_pixels

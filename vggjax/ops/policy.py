@@ -74,7 +74,8 @@ class Policy:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(
-                f"unknown compute mode {self.mode!r}; valid: {', '.join(MODES)} (e.g. compute='auto')"
+                f"unknown compute mode {self.mode!r}; valid: {', '.join(MODES)} "
+                "(e.g. compute='auto')"
             )
         for f in dataclasses.fields(self)[1:]:
             value = getattr(self, f.name)
@@ -88,7 +89,8 @@ class Policy:
 
     @classmethod
     def parse(cls, spec: "Policy | str | Mapping[str, Any] | None") -> "Policy":
-        """A Policy from a Policy, a spec string (``"auto,tapgrad_min_pixels=256"``), a dict of fields, or None (auto)."""
+        """A Policy from a Policy, a spec string (``"auto,tapgrad_min_pixels=256"``), a dict of
+        fields, or None (auto)."""
         if spec is None:
             return cls()
         if isinstance(spec, Policy):
@@ -105,7 +107,8 @@ class Policy:
             key, eq, text = item.partition("=")
             if not eq:
                 raise ConfigError(
-                    f"compute policy {spec!r}: {item!r} is not field=value; e.g. 'auto,tapgrad_min_pixels=256'"
+                    f"compute policy {spec!r}: {item!r} is not field=value; "
+                    "e.g. 'auto,tapgrad_min_pixels=256'"
                 )
             try:
                 fields[key.strip()] = ast.literal_eval(text.strip())
@@ -121,7 +124,8 @@ class Policy:
         unknown = sorted(set(fields) - set(names))
         if unknown:
             raise ConfigError(
-                f"compute policy {given}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}"
+                f"compute policy {given}: unknown field(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(names)}"
             )
         return cls(**fields)
 
@@ -141,14 +145,16 @@ class Policy:
         return "cpu" if platform == "cpu" else "xla"
 
     def resolve(self, platform: str) -> "Policy":
-        """This policy with ``"auto"`` replaced by what it means on ``platform`` (``"cpu"``, ``"cuda"``, ``"tpu"``, ...)."""
+        """This policy with ``"auto"`` replaced by what it means on ``platform`` (``"cpu"``,
+        ``"cuda"``, ``"tpu"``, ...)."""
         return dataclasses.replace(self, mode=self.formulations(platform))
 
     def describe(self, platform: str) -> str:
         """One line for humans: the policy and what it runs on ``platform``."""
         kind = self.formulations(platform)
         what = (
-            "CPU-tuned formulations (im2col / per-tap kernel gradients, argmax max pooling, fc6 fold)"
+            "CPU-tuned formulations (im2col / per-tap kernel gradients, argmax max pooling, "
+            "fc6 fold)"
             if kind == "cpu"
             else "native XLA ops (convolution, reduce_window max pooling, pool then Linear)"
         )
@@ -156,5 +162,6 @@ class Policy:
 
 
 def plain() -> Policy:
-    """The policy of plain XLA ops everywhere (``Policy("xla")``): what model FLOPs are counted on."""
+    """The policy of plain XLA ops everywhere (``Policy("xla")``): what model FLOPs are
+    counted on."""
     return Policy("xla")

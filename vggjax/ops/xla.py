@@ -30,7 +30,8 @@ def conv_nhwc(
     precision: Any = None,
     pet: Any = None,
 ) -> Array:
-    """Stride-1 NHWC × HWIO ``lax.conv_general_dilated`` with explicit padding; ``pet``: preferred_element_type."""
+    """Stride-1 NHWC × HWIO ``lax.conv_general_dilated`` with explicit padding; ``pet``:
+    preferred_element_type."""
     return lax.conv_general_dilated(
         x,
         kernel,
@@ -43,7 +44,8 @@ def conv_nhwc(
 
 
 def max_pool(x: Array, size: int = 2) -> Array:
-    """2-D max pooling with window and stride ``size`` and no padding (torch ``MaxPool2d(size)``), by ``reduce_window``."""
+    """2-D max pooling with window and stride ``size`` and no padding (torch
+    ``MaxPool2d(size)``), by ``reduce_window``."""
     # A Python scalar init lets JAX see the (max, -inf) monoid and use reduce_window_max,
     # which has a JVP; an array init would be the generic reduce_window, which has none.
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, size, size, 1), (1, size, size, 1), "VALID")
@@ -84,9 +86,11 @@ def adaptive_avg_pool(x: Array, output_size: int | tuple[int, int]) -> Array:
 def pooled_linear(
     x: Array, pool_size: tuple[int, int], kernel: Array, bias: Array | None, precision: Any = None
 ) -> Array:
-    """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias``: torchvision's avgpool → flatten → fc6.
+    """``adaptive_avg_pool(x, pool_size).reshape(N, -1) @ kernel + bias``: torchvision's
+    avgpool → flatten → fc6.
 
-    ``x``: ``(N, h, w, C)``; ``kernel``: ``(oh·ow·C, K)`` in (h, w, c) flatten order; returns ``(N, K)``.
+    ``x``: ``(N, h, w, C)``; ``kernel``: ``(oh·ow·C, K)`` in (h, w, c) flatten order; returns
+    ``(N, K)``.
     """
     pooled = adaptive_avg_pool(x, pool_size)
     y = jnp.matmul(pooled.reshape(x.shape[0], -1), kernel, precision=precision)
