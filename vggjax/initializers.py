@@ -250,19 +250,25 @@ def _parse_call(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
     return name, args, kwargs
 
 
+def _from_registry(spec: str, registry: Mapping[str, Callable[..., Any]], kind: str) -> Any:
+    """``registry[name](*args)`` for a spec ``"name(args)"``; a one-line ConfigError for an unknown
+    name or bad arguments."""
+    name, args, kwargs = _parse_call(spec)
+    if name not in registry:
+        raise one_of(kind, name, registry)
+    try:
+        return registry[name](*args, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad arguments for {kind} {spec!r}: {e}") from None
+
+
 def get(spec: "InitSpec") -> Scheme:
     """Resolve a weight initialiser spec (name, name with args, Scheme or callable) to a
     :class:`Scheme`."""
     if isinstance(spec, Scheme):
         return spec
     if isinstance(spec, str):
-        name, args, kwargs = _parse_call(spec)
-        if name not in REGISTRY:
-            raise one_of("initializer", name, REGISTRY)
-        try:
-            return REGISTRY[name](*args, **kwargs)
-        except TypeError as e:
-            raise ConfigError(f"bad arguments for initializer {spec!r}: {e}") from None
+        return _from_registry(spec, REGISTRY, "initializer")
     if callable(spec):
         return Scheme.same(getattr(spec, "__name__", "custom"), spec)
     raise ConfigError(
@@ -273,13 +279,7 @@ def get(spec: "InitSpec") -> Scheme:
 def get_bias(spec: "InitSpec") -> BiasInit:
     """Resolve a bias initialiser spec to ``f(key, shape, dtype, fan_in)``."""
     if isinstance(spec, str):
-        name, args, kwargs = _parse_call(spec)
-        if name not in BIAS_REGISTRY:
-            raise one_of("bias initializer", name, BIAS_REGISTRY)
-        try:
-            return BIAS_REGISTRY[name](*args, **kwargs)
-        except TypeError as e:
-            raise ConfigError(f"bad arguments for bias initializer {spec!r}: {e}") from None
+        return _from_registry(spec, BIAS_REGISTRY, "bias initializer")
     if isinstance(spec, Scheme):
         return spec.conv_bias or _as_bias(_constant(0.0))
     if callable(spec):

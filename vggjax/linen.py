@@ -120,11 +120,4 @@ def _builder(arch: str):
     return fn
 
 
-vgg11 = _builder("vgg11")
-vgg11_bn = _builder("vgg11_bn")
-vgg13 = _builder("vgg13")
-vgg13_bn = _builder("vgg13_bn")
-vgg16 = _builder("vgg16")
-vgg16_bn = _builder("vgg16_bn")
-vgg19 = _builder("vgg19")
-vgg19_bn = _builder("vgg19_bn")
+vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn = map(_builder, ARCHS)

@@ -305,14 +305,8 @@ def _builder(arch: str):
     return fn
 
 
-vgg11 = _builder("vgg11")
-vgg11_bn = _builder("vgg11_bn")
-vgg13 = _builder("vgg13")
-vgg13_bn = _builder("vgg13_bn")
-vgg16 = _builder("vgg16")
-vgg16_bn = _builder("vgg16_bn")
-vgg19 = _builder("vgg19")
-vgg19_bn = _builder("vgg19_bn")
+# One builder per row of ARCHS, under its name.
+vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn = map(_builder, ARCHS)
 
 for _arch, (_cfg, _bn) in ARCHS.items():
     registry.register(
