@@ -41,8 +41,9 @@ TINY = [
 FOREIGN = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
 
 VGG_NAMES = (
-    "net, net_batchnorm, net_depth, net_dropout, net_res, net_res_deep, net_width, overfeat_slim, two_conv_bn, "
-    "vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg16_fc_conv_400, vgg19, vgg19_bn, wsdr, wsdr_bn"
+    "net, net_batchnorm, net_depth, net_dropout, net_res, net_res_deep, net_width, overfeat_slim, "
+    "two_conv_bn, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg16_fc_conv_400, vgg19, "
+    "vgg19_bn, wsdr, wsdr_bn"
 )
 
 
@@ -61,7 +62,8 @@ CASES: dict[str, Case] = {
     "override_key_typo": Case(
         "typo in a `--config.` override",
         "`--config.batch_sise=64`",
-        'unknown config key \'config.batch_sise\' (Did you mean "batch_size" instead of "batch_sise"?)',
+        "unknown config key 'config.batch_sise' "
+        '(Did you mean "batch_size" instead of "batch_sise"?)',
         cli=("--config.batch_sise=64",),
     ),
     "nested_override_typo": Case(
@@ -85,13 +87,15 @@ CASES: dict[str, Case] = {
     "config_file_key_typo": Case(
         "typo in a config file",
         "`config.batch_sise = 64` in a config file",
-        "unknown config key 'config.batch_sise' in the config file; did you mean 'config.batch_size'?",
+        "unknown config key 'config.batch_sise' in the config file; "
+        "did you mean 'config.batch_size'?",
         overrides={"batch_sise": 64},
     ),
     "config_file_optim_typo": Case(
         "unknown optimizer field in a config file",
         "`config.optim.lr = 0.1`",
-        "unknown config key 'config.optim.lr' in the config file; see vggjax/configs/default.py for the valid keys",
+        "unknown config key 'config.optim.lr' in the config file; "
+        "see vggjax/configs/default.py for the valid keys",
         overrides={"optim.lr": 0.1},
     ),
     "batch_size_float": Case(
@@ -122,16 +126,17 @@ CASES: dict[str, Case] = {
     "model_option_typo": Case(
         "typo in `model_options`",
         "`config.model_options.widht = 0.5`",
-        "unknown model_options key 'widht' for model 'vgg11_bn'; did you mean 'width'? valid: bias_init, dropout, head, "
-        "head_options, init, norm_eps, norm_momentum, param_dtype, width",
+        "unknown model_options key 'widht' for model 'vgg11_bn'; did you mean 'width'? "
+        "valid: bias_init, dropout, head, head_options, init, norm_eps, norm_momentum, "
+        "param_dtype, width",
         overrides={"model_options.widht": 0.5},
     ),
     "unknown_initializer": Case(
         "unknown initializer",
         "`--config.model_options.init=he_nromal`",
-        "unknown initializer 'he_nromal'; valid: constant, glorot_normal, glorot_uniform, he_normal, he_uniform, "
-        "kaiming_normal, kaiming_uniform, lecun_normal, normal, torch_default, torchvision, trunc_normal, xavier_normal, "
-        "xavier_uniform, zeros",
+        "unknown initializer 'he_nromal'; valid: constant, glorot_normal, glorot_uniform, "
+        "he_normal, he_uniform, kaiming_normal, kaiming_uniform, lecun_normal, normal, "
+        "torch_default, torchvision, trunc_normal, xavier_normal, xavier_uniform, zeros",
         overrides={"model_options.init": "he_nromal"},
     ),
     "unknown_head": Case(
@@ -204,16 +209,19 @@ CASES: dict[str, Case] = {
     "unknown_dataset": Case(
         "unknown dataset",
         "`--config.dataset=no_such_dataset`",
-        "unknown dataset 'no_such_dataset'; the embedded (offline) ones are vggjax_digits, vggjax_digits2, "
-        "vggjax_digits_multilabel, and any name in tfds.list_builders() works once prepared",
+        "unknown dataset 'no_such_dataset'; the embedded (offline) ones are vggjax_digits, "
+        "vggjax_digits2, vggjax_digits_multilabel, and any name in tfds.list_builders() works "
+        "once prepared",
         overrides={"dataset": "no_such_dataset"},
     ),
     "dataset_not_prepared": Case(
         "dataset not downloaded, machine offline",
         "`--config.dataset=cifar10 --config.data_dir=EMPTY_DIR`",
-        "dataset 'cifar10' is not prepared in EMPTY_DIR and vggjax never downloads; on a machine with network run "
-        '`tfds build cifar10 --data_dir EMPTY_DIR` (or `python -c "import tensorflow_datasets as tfds; '
-        "tfds.builder('cifar10', data_dir='EMPTY_DIR').download_and_prepare()\"`), then copy its cifar10 folder into EMPTY_DIR",
+        "dataset 'cifar10' is not prepared in EMPTY_DIR and vggjax never downloads; "
+        "on a machine with network run `tfds build cifar10 --data_dir EMPTY_DIR` "
+        '(or `python -c "import tensorflow_datasets as tfds; '
+        "tfds.builder('cifar10', data_dir='EMPTY_DIR').download_and_prepare()\"`), "
+        "then copy its cifar10 folder into EMPTY_DIR",
         overrides={"dataset": "cifar10", "data_dir": "EMPTY_DIR"},
     ),
     "class_out_of_range": Case(
@@ -226,7 +234,8 @@ CASES: dict[str, Case] = {
     "weights_file_as_init_from": Case(
         "a weight file instead of a run directory",
         "`--config.init_from=A_FILE` (e.g. a `.pth`)",
-        "--config.init_from=A_FILE is a file, not a vggjax run directory; point it at the --workdir of an earlier run "
+        "--config.init_from=A_FILE is a file, not a vggjax run directory; "
+        "point it at the --workdir of an earlier run "
         "(PyTorch or Keras weights: convert them with vggjax.convert first)",
         overrides={"init_from": "A_FILE"},
         workdir="FRESH",
@@ -234,33 +243,39 @@ CASES: dict[str, Case] = {
     "init_from_missing": Case(
         "`init_from` directory does not exist",
         "`--config.init_from=/no/such/run`",
-        "--config.init_from=/no/such/run: no such directory; point it at the --workdir of an earlier run",
+        "--config.init_from=/no/such/run: no such directory; "
+        "point it at the --workdir of an earlier run",
         overrides={"init_from": "/no/such/run"},
         workdir="FRESH",
     ),
     "init_from_not_a_run": Case(
         "`init_from` directory holds no checkpoint",
         "`--config.init_from=EMPTY_DIR`",
-        "--config.init_from=EMPTY_DIR holds no vggjax checkpoint (no checkpoints/ folder); point it at the --workdir of an earlier run",
+        "--config.init_from=EMPTY_DIR holds no vggjax checkpoint (no checkpoints/ folder); "
+        "point it at the --workdir of an earlier run",
         overrides={"init_from": "EMPTY_DIR"},
         workdir="FRESH",
     ),
     "foreign_class_count": Case(
         "resume a workdir trained with another class count",
         "`--config.num_classes=5` on a 10-class run's workdir",
-        "checkpoint step 1 in WORKDIR/checkpoints does not fit this model, 4 mismatched: params.head.fc8.bias (10,) in checkpoint "
-        "vs (5,) in model, params.head.fc8.kernel (16, 10) in checkpoint vs (16, 5) in model, opt_state.1.trace.head.fc8.bias (10,) "
-        "in checkpoint vs (5,) in model and 1 more; this workdir belongs to another architecture or class count: use a new "
-        "--workdir, or --config.init_from=WORKDIR/checkpoints to start from its weights",
+        "checkpoint step 1 in WORKDIR/checkpoints does not fit this model, 4 mismatched: "
+        "params.head.fc8.bias (10,) in checkpoint vs (5,) in model, "
+        "params.head.fc8.kernel (16, 10) in checkpoint vs (16, 5) in model, "
+        "opt_state.1.trace.head.fc8.bias (10,) in checkpoint vs (5,) in model and 1 more; "
+        "this workdir belongs to another architecture or class count: use a new --workdir, "
+        "or --config.init_from=WORKDIR/checkpoints to start from its weights",
         overrides={"num_classes": 5},
     ),
     "foreign_architecture": Case(
         "resume a workdir of another architecture",
         "`--config.model=vgg13_bn` on a VGG-11 run's workdir",
-        "checkpoint step 1 in WORKDIR/checkpoints does not fit this model, 20 mismatched: params.features.bn1_2.bias missing "
-        "from checkpoint, params.features.bn1_2.scale missing from checkpoint, params.features.bn2_2.bias missing from "
-        "checkpoint and 17 more; this workdir belongs to another architecture or class count: use a new --workdir, or "
-        "--config.init_from=WORKDIR/checkpoints to start from its weights",
+        "checkpoint step 1 in WORKDIR/checkpoints does not fit this model, 20 mismatched: "
+        "params.features.bn1_2.bias missing from checkpoint, "
+        "params.features.bn1_2.scale missing from checkpoint, "
+        "params.features.bn2_2.bias missing from checkpoint and 17 more; "
+        "this workdir belongs to another architecture or class count: use a new --workdir, "
+        "or --config.init_from=WORKDIR/checkpoints to start from its weights",
         overrides={"model": "vgg13_bn"},
     ),
     "unwritable_workdir": Case(
@@ -280,7 +295,8 @@ def expected_ok(name: str, line: str) -> bool:
 
 def render_table() -> str:
     rows = [
-        "| # | Mistake | What was given | The one-line error (stderr: `error: ...`, exit status 2) |",
+        "| # | Mistake | What was given "
+        "| The one-line error (stderr: `error: ...`, exit status 2) |",
         "|---|---|---|---|",
     ]
     for i, name in enumerate(CASES, 1):

@@ -31,13 +31,18 @@ def _classes(config, name: str) -> int:
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.builder(name, data_dir=config.get("data_dir") or None).info.features["label"].num_classes
+        return (
+            tfds.builder(name, data_dir=config.get("data_dir") or None)
+            .info.features["label"]
+            .num_classes
+        )
     except Exception:  # noqa: BLE001 - no metadata either: a generic classifier
         return 1000
 
 
 def batch_for(config, batch_size: int):
-    """``(batch, num_classes, loss_name, note)``: one training batch of ``config``'s dataset, or a synthetic one."""
+    """``(batch, num_classes, loss_name, note)``: one training batch of ``config``'s dataset, or a
+    synthetic one."""
     from vggjax import data
     from vggjax.training import config as config_lib
 
@@ -48,21 +53,32 @@ def batch_for(config, batch_size: int):
         size, channels = config.get("image_size", 0) or 224, config.get("channels", 0) or 3
         num_classes = _classes(config, config.dataset)
         rng = np.random.default_rng(config.seed)
-        batch = {"image": rng.standard_normal((batch_size, size, size, channels), np.float32),
-                 "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
-                 "mask": np.ones(batch_size, bool)}
+        batch = {
+            "image": rng.standard_normal((batch_size, size, size, channels), np.float32),
+            "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
+            "mask": np.ones(batch_size, bool),
+        }
         note = f"{e}; using N(0, 1) images {size}x{size}x{channels} and random labels instead"
         return batch, num_classes, config_lib.loss_name(config, False), note
     plan = config_lib.plan(config, info)
-    train, _, _ = data.get_datasets(config.dataset, global_batch_size=batch_size, eval_batch_size=batch_size,
-                                    image_size=plan.image_size, seed=config.seed,
-                                    data_dir=config.get("data_dir") or None, channels=plan.channels, classes=classes,
-                                    augment=config.get("augment", "default"), normalize=config.get("normalize", "default"))
+    train, _, _ = data.get_datasets(
+        config.dataset,
+        global_batch_size=batch_size,
+        eval_batch_size=batch_size,
+        image_size=plan.image_size,
+        seed=config.seed,
+        data_dir=config.get("data_dir") or None,
+        channels=plan.channels,
+        classes=classes,
+        augment=config.get("augment", "default"),
+        normalize=config.get("normalize", "default"),
+    )
     return next(train), plan.num_classes, plan.loss, f"one training batch of {config.dataset}"
 
 
 def diagnose(config, batch_size: int = 0):
-    """Build ``config``'s model and check it on one batch; returns the :class:`~vggjax.trainability.Report`."""
+    """Build ``config``'s model and check it on one batch; returns the
+    :class:`~vggjax.trainability.Report`."""
     from vggjax import trainability
     from vggjax.training import config as config_lib
     from vggjax.training.state import create_model
@@ -95,11 +111,14 @@ def run() -> None:
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:  # as the trainer: an unknown --config.KEY is one line
-        config_flags.DEFINE_config_file("config", os.path.join(here, "configs", "default.py"), "Config file.",
-                                        lock_config=True)
+        config_flags.DEFINE_config_file(
+            "config", os.path.join(here, "configs", "default.py"), "Config file.", lock_config=True
+        )
     except (KeyError, AttributeError) as e:
         _cli_error(_flag_error_message(e))
-    flags.DEFINE_integer("batch_size", 0, "Examples in the checked batch (default: the config's, at most 32).")
+    flags.DEFINE_integer(
+        "batch_size", 0, "Examples in the checked batch (default: the config's, at most 32)."
+    )
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -13,7 +13,8 @@ them with its other metrics every N steps::
     weight_var/features/conv1_1         variance of the layer's kernel
     act_mean/relu1_1, act_std/relu1_1   mean / standard deviation of a feats entry
     zero_frac/relu1_1                   fraction of exactly-zero activations
-    dead_frac/relu1_1                   fraction of channels that are 0 for every example and position
+    dead_frac/relu1_1                   fraction of channels that are 0 for every example and
+                                        position
 
 The mapping is a :class:`collections.OrderedDict` in *network order* (the order the
 forward pass ran, as recorded by ``feats``); ``jax.jit`` keeps an ``OrderedDict``'s order
@@ -51,7 +52,8 @@ _RELU_RE = re.compile(r"(?:^|_)relu")
 
 
 def default_is_relu(name: str) -> bool:
-    """True for feats names that hold a ReLU output (``relu1_1``, ``relu6``, ``score_relu``, ``head_relu1``)."""
+    """True for feats names that hold a ReLU output (``relu1_1``, ``relu6``, ``score_relu``,
+    ``head_relu1``)."""
     return bool(_RELU_RE.search(name))
 
 
@@ -91,14 +93,16 @@ def _flatten(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
 
 
 def _split(path: tuple[str, ...]) -> tuple[str, str | None]:
-    """``("features", "conv1_1", "kernel")`` → ``("features/conv1_1", "kernel")``; a bare leaf is its own layer."""
+    """``("features", "conv1_1", "kernel")`` → ``("features/conv1_1", "kernel")``; a bare leaf is
+    its own layer."""
     if len(path) == 1:
         return path[0], None
     return "/".join(path[:-1]), path[-1]
 
 
 def layer_names(grads: Any) -> list[str]:
-    """Host-side: the ``"/"``-joined path of every leaf of ``grads`` (e.g. ``"features/conv1_1/kernel"``).
+    """Host-side: the ``"/"``-joined path of every leaf of ``grads`` (e.g.
+    ``"features/conv1_1/kernel"``).
 
     The list is in ``jax.tree_util`` leaf order, the order :func:`first_nonfinite` indexes,
     so ``layer_names(grads)[int(index)]`` names the first non-finite gradient tensor. Works
@@ -147,7 +151,8 @@ def _sumsq(x: Array) -> Array:
 
 
 def global_grad_norm(grads: Any) -> Array:
-    """L2 norm over every leaf of ``grads`` (any pytree of arrays): a float32 scalar, same as ``optax.global_norm``."""
+    """L2 norm over every leaf of ``grads`` (any pytree of arrays): a float32 scalar, same as
+    ``optax.global_norm``."""
     leaves = jax.tree_util.tree_leaves(grads)
     if not leaves:
         return jnp.zeros((), jnp.float32)
@@ -155,7 +160,8 @@ def global_grad_norm(grads: Any) -> Array:
 
 
 def finite_flags(leaves: Sequence[Array]) -> Array:
-    """One bool per array of ``leaves`` (jit-able): True where every value is finite (no NaN, no ±inf)."""
+    """One bool per array of ``leaves`` (jit-able): True where every value is finite (no NaN, no
+    ±inf)."""
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
 
 

@@ -128,7 +128,8 @@ def _flag_error_message(e: BaseException) -> str:
 
     if isinstance(e, flags.Error):
         return str(e)
-    # ml_collections reports an unknown override key as AttributeError(KeyError("'key'\nDid you mean ...")).
+    # ml_collections reports an unknown override key as
+    # AttributeError(KeyError("'key'\nDid you mean ...")).
     while e.args and isinstance(e.args[0], BaseException):
         e = e.args[0]
     if isinstance(e, OSError):  # the --config file is missing or failed to import

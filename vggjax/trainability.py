@@ -45,8 +45,8 @@ EXPLODING_TOTAL, EXPLODING_PER_LAYER = 1e3, 1.1
 # A loss at initialisation this many times the constant-prediction loss, with kernels of a gain this
 # far above He's sqrt(2): logits already saturated by an init that amplifies the signal.
 SATURATED_LOSS, EXPLODING_GAIN = 3.0, 1.7
-# The watch: the mean loss of a window of steps within this fraction of the constant-prediction loss,
-# and its second half no lower than its first (small batches make single losses noisy).
+# The watch: the mean loss of a window of steps within this fraction of the constant-prediction
+# loss, and its second half no lower than its first (small batches make single losses noisy).
 PLATEAU_TOLERANCE, PLATEAU_WINDOW = 0.03, 50
 
 
@@ -54,7 +54,9 @@ PLATEAU_TOLERANCE, PLATEAU_WINDOW = 0.03, 50
 class Finding:
     """One sign that the network will not (or does not) train."""
 
-    kind: str  # vanishing_signal, exploding_signal, zero_init, no_gradient, relu_scores, input_independent, ...
+    # vanishing_signal, exploding_signal, zero_init, no_gradient, relu_scores,
+    # input_independent, ...
+    kind: str
     layer: str | None
     figure: str  # what was measured
     cause: str
@@ -77,7 +79,8 @@ class Layer:
 
     name: str
     act_std: float
-    signal: float  # std across the batch (per unit, averaged): the part of the output that depends on the input
+    # std across the batch (per unit, averaged): the part of the output that depends on the input
+    signal: float
     spread: float  # signal / mean |x|
     dead: float | None = None  # ReLU outputs: fraction of channels 0 for every example and position
     param: str | None = None  # the parameter layer that writes it (e.g. features/conv1_1)
@@ -104,14 +107,26 @@ class Report:
     batch: int = 0
 
     def table(self) -> str:
-        """The per-layer table (activation std, input dependence, gain, gradient norm, dead %) and the findings."""
+        """The per-layer table (activation std, input dependence, gain, gradient norm, dead %) and
+        the findings."""
         fmt = "{:<16} {:>10} {:>10} {:>7} {:>10} {:>7}"
         out = [fmt.format("layer", "act std", "signal", "gain", "grad norm", "dead %")]
         for r in self.layers:
-            out.append(fmt.format(r.name[:16], f"{r.act_std:.3g}", f"{r.signal:.3g}", _fmt(r.gain, ".3g"),
-                                  _fmt(r.grad_norm, ".3g"), _fmt(None if r.dead is None else 100 * r.dead, ".0f")))
-        out.append(f"loss {self.loss:.4f} (constant prediction {self.constant_loss:.4f}), logits' signal (std "
-                   f"across the batch) {self.logits_signal:.3g}, gradient norm {self.grad_norm:.3g}")
+            out.append(
+                fmt.format(
+                    r.name[:16],
+                    f"{r.act_std:.3g}",
+                    f"{r.signal:.3g}",
+                    _fmt(r.gain, ".3g"),
+                    _fmt(r.grad_norm, ".3g"),
+                    _fmt(None if r.dead is None else 100 * r.dead, ".0f"),
+                )
+            )
+        out.append(
+            f"loss {self.loss:.4f} (constant prediction {self.constant_loss:.4f}), "
+            f"logits' signal (std across the batch) {self.logits_signal:.3g}, "
+            f"gradient norm {self.grad_norm:.3g}"
+        )
         out += [f"finding: {f.line()}" for f in self.findings] or ["no findings"]
         return "\n".join(out)
 
@@ -121,24 +136,31 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def constant_loss(loss_name: str, num_classes: int, labels: Any = None) -> float:
-    """The loss of the best input-independent prediction: ln C for softmax; for multi-label, the mean
-    binary entropy of each class's frequency in ``labels`` (the label prior the net can always reach)."""
+    """The loss of the best input-independent prediction: ln C for softmax; for multi-label, the
+    mean binary entropy of each class's frequency in ``labels`` (the label prior the net can always
+    reach)."""
     if loss_name != "multilabel_soft_margin" or labels is None:
         return math.log(num_classes)
-    p = np.clip(np.asarray(labels, np.float64).reshape(-1, num_classes).mean(axis=0), 1e-12, 1 - 1e-12)
+    p = np.clip(
+        np.asarray(labels, np.float64).reshape(-1, num_classes).mean(axis=0), 1e-12, 1 - 1e-12
+    )
     return float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
 
 
 def _signal(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(signal, spread)``: std across the batch axis (per unit, averaged), and that over the mean magnitude."""
+    """``(signal, spread)``: std across the batch axis (per unit, averaged), and that over the mean
+    magnitude."""
     x = x.astype(jnp.float32).reshape(x.shape[0], -1)
     signal = jnp.mean(jnp.std(x, axis=0))
     return signal, signal / (jnp.mean(jnp.abs(x)) + 1e-30)
 
 
-def measure(model: nnx.Module, batch: dict[str, jax.Array], loss_name: str, static: dict) -> dict[str, Any]:
-    """The raw numbers of the check as arrays (jit-able; pass a model in training mode). What is known
-    at trace time — the feats order, kernel shapes, the number of logits — goes into ``static``."""
+def measure(
+    model: nnx.Module, batch: dict[str, jax.Array], loss_name: str, static: dict
+) -> dict[str, Any]:
+    """The raw numbers of the check as arrays (jit-able; pass a model in training mode). What is
+    known at trace time — the feats order, kernel shapes, the number of logits — goes into
+    ``static``."""
 
     def loss_fn(m):
         logits, feats = m(batch["image"], return_features=True)
@@ -148,14 +170,23 @@ def measure(model: nnx.Module, batch: dict[str, jax.Array], loss_name: str, stat
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
     (loss, (logits, feats)), grads = grad_fn(model)
     params = nnx.state(model, nnx.Param)
-    kernels = {"/".join(map(str, p)): (v, g) for (p, v), (_, g) in zip(_kernels(params), _kernels(grads))}
-    static.update(feat_order=list(feats), logit_values=logits.size, logit_rank=logits.ndim,
-                  batch=logits.shape[0], shapes={k: v.shape for k, (v, _) in kernels.items()})
+    kernels = {
+        "/".join(map(str, p)): (v, g) for (p, v), (_, g) in zip(_kernels(params), _kernels(grads))
+    }
+    static.update(
+        feat_order=list(feats),
+        logit_values=logits.size,
+        logit_rank=logits.ndim,
+        batch=logits.shape[0],
+        shapes={k: v.shape for k, (v, _) in kernels.items()},
+    )
     return {
         "loss": loss,
         "stats": diagnostics.layer_stats(params, grads, feats),
         "signal": {k: _signal(v) for k, v in feats.items() if hasattr(v, "ndim") and v.ndim >= 2},
-        "kernels": {k: (jnp.std(v), jnp.all(v == 0), jnp.all(g == 0)) for k, (v, g) in kernels.items()},
+        "kernels": {
+            k: (jnp.std(v), jnp.all(v == 0), jnp.all(g == 0)) for k, (v, g) in kernels.items()
+        },
         "logits": (*_signal(logits), jnp.min(logits)),
     }
 
@@ -187,15 +218,26 @@ def _layers(raw: dict[str, Any], static: dict) -> list[Layer]:
         param = owners.get(name)
         dead = stats.get(f"dead_frac/{name}")
         grad = stats.get(f"grad_norm/{param[0]}") if param else None
-        rows.append(Layer(name, float(stats[f"act_std/{name}"]), float(signal[name][0]), float(signal[name][1]),
-                          None if dead is None else float(dead), param[0] if param else None,
-                          None if grad is None else float(grad), param[1] if param else None,
-                          param[2] if param else False, param[3] if param else False))
+        rows.append(
+            Layer(
+                name,
+                float(stats[f"act_std/{name}"]),
+                float(signal[name][0]),
+                float(signal[name][1]),
+                None if dead is None else float(dead),
+                param[0] if param else None,
+                None if grad is None else float(grad),
+                param[1] if param else None,
+                param[2] if param else False,
+                param[3] if param else False,
+            )
+        )
     return rows
 
 
 def check(model: nnx.Module, batch: dict[str, Any], loss_name: str, num_classes: int) -> Report:
-    """Measure ``model`` (any vggjax-convention network, left unchanged) on one ``batch`` and find problems.
+    """Measure ``model`` (any vggjax-convention network, left unchanged) on one ``batch`` and find
+    problems.
 
     ``batch`` holds NHWC ``image``, ``label`` and optionally ``mask``, as the train step takes.
     The model runs on a copy in training mode — BatchNorm on batch statistics, as the first step
@@ -215,9 +257,19 @@ def check(model: nnx.Module, batch: dict[str, Any], loss_name: str, num_classes:
     raw = jax.device_get(run(state, {k: jnp.asarray(v) for k, v in batch.items()}))
     layers = _layers(raw, static)
     signal, spread, logits_min = (float(v) for v in raw["logits"])
-    report = Report(layers, float(raw["loss"]), constant_loss(loss_name, num_classes, batch["label"]),
-                    signal, spread, float(logits_min), int(static["logit_values"]),
-                    float(raw["stats"]["global_grad_norm"]), [], static["logit_rank"] == 2, int(static["batch"]))
+    report = Report(
+        layers,
+        float(raw["loss"]),
+        constant_loss(loss_name, num_classes, batch["label"]),
+        signal,
+        spread,
+        float(logits_min),
+        int(static["logit_values"]),
+        float(raw["stats"]["global_grad_norm"]),
+        [],
+        static["logit_rank"] == 2,
+        int(static["batch"]),
+    )
     report.findings = findings(report)
     return report
 
@@ -237,12 +289,28 @@ def _zero(report: Report) -> list[Finding]:
     zero = [r for r in report.layers if r.zero_weights and r.zero_grad]
     if zero:
         names = ", ".join(r.param for r in zero)
-        return [Finding("zero_init", zero[0].param, f"weights and gradients exactly 0 in {names}",
-                        "a zero-initialised layer passes no signal forward and gets no gradient back, so it "
-                        "never moves", "use a random init (e.g. init=he_normal)", see)]
+        return [
+            Finding(
+                "zero_init",
+                zero[0].param,
+                f"weights and gradients exactly 0 in {names}",
+                "a zero-initialised layer passes no signal forward and gets no gradient back, "
+                "so it never moves",
+                "use a random init (e.g. init=he_normal)",
+                see,
+            )
+        ]
     if report.grad_norm == 0.0:
-        return [Finding("no_gradient", None, "every gradient is exactly 0 at initialisation",
-                        "no path from the loss to any weight carries a signal", "check the init and the head", see)]
+        return [
+            Finding(
+                "no_gradient",
+                None,
+                "every gradient is exactly 0 at initialisation",
+                "no path from the loss to any weight carries a signal",
+                "check the init and the head",
+                see,
+            )
+        ]
     return []
 
 
@@ -267,16 +335,25 @@ def _exploding(report: Report) -> list[Finding]:
     saturated = report.loss > SATURATED_LOSS * report.constant_loss and gain > EXPLODING_GAIN
     if not (saturated or (total >= EXPLODING_TOTAL and per > EXPLODING_PER_LAYER)):
         return []
-    return [Finding("exploding_signal", last.name,
-                    f"loss {report.loss:.3g} at initialisation ({report.loss / report.constant_loss:.0f}x the "
-                    f"constant-prediction {report.constant_loss:.3g}); signal {first.signal:.2g} at {first.name}, "
-                    f"{last.signal:.2g} at {last.name}; kernel gain std·√fan_in {gain:.2g} (He: 1.41)",
-                    "the init amplifies the signal and saturates the logits: the first updates diverge",
-                    "use init=he_normal (or xavier), a _bn model, or a lower learning rate", f"{EXPERIMENTS}#depth_init")]
+    return [
+        Finding(
+            "exploding_signal",
+            last.name,
+            f"loss {report.loss:.3g} at initialisation "
+            f"({report.loss / report.constant_loss:.0f}x the "
+            f"constant-prediction {report.constant_loss:.3g}); "
+            f"signal {first.signal:.2g} at {first.name}, "
+            f"{last.signal:.2g} at {last.name}; kernel gain std·√fan_in {gain:.2g} (He: 1.41)",
+            "the init amplifies the signal and saturates the logits: the first updates diverge",
+            "use init=he_normal (or xavier), a _bn model, or a lower learning rate",
+            f"{EXPERIMENTS}#depth_init",
+        )
+    ]
 
 
 def _lost_signal(report: Report) -> list[Finding]:
-    """The logits carry (almost) nothing of the image: lost at every layer (vanishing) or in a few."""
+    """The logits carry (almost) nothing of the image: lost at every layer (vanishing) or in a
+    few."""
     weighted = _weighted(report)
     if report.logits_signal >= LOST or len(weighted) < 2 or weighted[0].signal <= 0:
         return []
@@ -285,42 +362,69 @@ def _lost_signal(report: Report) -> list[Finding]:
     starved = (first.grad_norm or 0.0) / max(max(grads, default=0.0), 1e-30)
     if starved >= STARVED:
         return []
-    head = (f"the logits' signal (std across the batch) is {report.logits_signal:.2g}, against "
-            f"{first.signal:.2g} at {first.name}, and {first.name}'s gradient is {starved:.1g} of the "
-            "largest layer's")
+    head = (
+        f"the logits' signal (std across the batch) is {report.logits_signal:.2g}, against "
+        f"{first.signal:.2g} at {first.name}, and {first.name}'s gradient is {starved:.1g} of the "
+        "largest layer's"
+    )
     # What each weight layer keeps of its input's signal; "lossy" ones keep less than half.
-    kept = [(row.signal / prev.signal, row) for prev, row in zip(report.layers, report.layers[1:])
-            if row.param is not None and prev.signal > 0]
+    kept = [
+        (row.signal / prev.signal, row)
+        for prev, row in zip(report.layers, report.layers[1:])
+        if row.param is not None and prev.signal > 0
+    ]
     lossy = [(k, row) for k, row in kept if k < 0.5]
     if lossy and len(lossy) <= len(kept) / 2:
         names = ", ".join(row.name for _, row in lossy)
         gains = [row.gain for _, row in lossy if row.gain]
         gain = f" (kernel gain std·√fan_in {min(gains):.2g}-{max(gains):.2g})" if gains else ""
-        return [Finding("input_independent", lossy[0][1].name,
-                        f"{head}; it is lost in {names}, which keep {min(k for k, _ in lossy):.2g}-"
-                        f"{max(k for k, _ in lossy):.2g} of their input's{gain}",
-                        "small-gain layers with a constant bias make every unit about the same for every "
-                        "image: expect a long plateau at the constant-prediction loss",
-                        "use init=he_normal or BatchNorm", f"{EXPERIMENTS}#overfeat_1x1")]
+        return [
+            Finding(
+                "input_independent",
+                lossy[0][1].name,
+                f"{head}; it is lost in {names}, which keep {min(k for k, _ in lossy):.2g}-"
+                f"{max(k for k, _ in lossy):.2g} of their input's{gain}",
+                "small-gain layers with a constant bias make every unit about the same for every "
+                "image: expect a long plateau at the constant-prediction loss",
+                "use init=he_normal or BatchNorm",
+                f"{EXPERIMENTS}#overfeat_1x1",
+            )
+        ]
     per = (weighted[-1].signal / first.signal) ** (1.0 / (len(weighted) - 1))
-    return [Finding("vanishing_signal", weighted[-1].name, f"{head}: it falls {1 / per:.1f}x per layer "
-                    f"(kernel gain std·√fan_in {_gain(weighted):.2g}, He: 1.41)",
-                    "the init shrinks the signal layer after layer: the output and the gradients of the first "
-                    "layers are tiny and the loss sits at the constant-prediction value",
-                    "use init=he_normal or a _bn model", f"{EXPERIMENTS}#depth_init")]
+    return [
+        Finding(
+            "vanishing_signal",
+            weighted[-1].name,
+            f"{head}: it falls {1 / per:.1f}x per layer "
+            f"(kernel gain std·√fan_in {_gain(weighted):.2g}, He: 1.41)",
+            "the init shrinks the signal layer after layer: the output and the gradients of the "
+            "first layers are tiny and the loss sits at the constant-prediction value",
+            "use init=he_normal or a _bn model",
+            f"{EXPERIMENTS}#depth_init",
+        )
+    ]
 
 
 def _relu_scores(report: Report) -> list[Finding]:
     if report.logits_min < 0 or report.logit_values < 32:
         return []
-    return [Finding("relu_scores", None, f"the logits are never negative (minimum {report.logits_min:.3g} over "
-                    f"{report.logit_values} values)", "a ReLU on the class scores (GAP head score_act='relu') "
-                    "can die outright: every output and every gradient exactly 0", "use linear scores "
-                    "(head_options.score_act=None) or BatchNorm", f"{EXPERIMENTS}#gap_dead_relu")]
+    return [
+        Finding(
+            "relu_scores",
+            None,
+            f"the logits are never negative (minimum {report.logits_min:.3g} over "
+            f"{report.logit_values} values)",
+            "a ReLU on the class scores (GAP head score_act='relu') can die outright: "
+            "every output and every gradient exactly 0",
+            "use linear scores (head_options.score_act=None) or BatchNorm",
+            f"{EXPERIMENTS}#gap_dead_relu",
+        )
+    ]
 
 
 def warn(items: Sequence[Finding], writer: Any = None, step: int | None = 0, out=None) -> None:
-    """Print each finding as ``warning: trainability: ...`` and record it in ``metrics.jsonl`` (``writer``)."""
+    """Print each finding as ``warning: trainability: ...`` and record it in ``metrics.jsonl``
+    (``writer``)."""
     for f in items:
         print(f"warning: trainability: {f.line()}", file=out or sys.stderr)
         if writer is not None:
@@ -328,11 +432,18 @@ def warn(items: Sequence[Finding], writer: Any = None, step: int | None = 0, out
 
 
 class Watch:
-    """The while-training half (fed by the :class:`vggjax.training.hooks.Trainability` hook): a plateau at
-    the constant-prediction loss, exactly-zero gradients, an early blow-up; each said once, with its step."""
+    """The while-training half (fed by the :class:`vggjax.training.hooks.Trainability` hook): a
+    plateau at the constant-prediction loss, exactly-zero gradients, an early blow-up; each said
+    once, with its step."""
 
-    def __init__(self, constant: float, *, window: int = PLATEAU_WINDOW, report: Callable | None = None,
-                 start_step: int = 0) -> None:
+    def __init__(
+        self,
+        constant: float,
+        *,
+        window: int = PLATEAU_WINDOW,
+        report: Callable | None = None,
+        start_step: int = 0,
+    ) -> None:
         self.constant, self.window = constant, window
         self.report = report or (lambda items, step: warn(items, None, step))
         self.losses: collections.deque = collections.deque(maxlen=window)
@@ -359,17 +470,41 @@ class Watch:
             return  # the NaN guard's business
         self.first_loss = loss if self.first_loss is None else self.first_loss
         if grad_norm is not None and grad_norm == 0.0 and step > 1:
-            self._say(Finding("collapse", None, "every gradient is exactly 0", "the outputs no longer depend on "
-                              "the weights (dead ReLUs, or a collapse to constant outputs)",
-                              "check the head's activation and the learning rate", f"{EXPERIMENTS}#gap_dead_relu",
-                              step))
+            self._say(
+                Finding(
+                    "collapse",
+                    None,
+                    "every gradient is exactly 0",
+                    "the outputs no longer depend on the weights "
+                    "(dead ReLUs, or a collapse to constant outputs)",
+                    "check the head's activation and the learning rate",
+                    f"{EXPERIMENTS}#gap_dead_relu",
+                    step,
+                )
+            )
         if step - self.start_step <= 10 and loss > 10 * max(self.first_loss, self.constant):
-            self._say(Finding("blow_up", None, f"loss {loss:.4g} from {self.first_loss:.4g} at the first step",
-                              "the first updates diverge", "lower optim.learning_rate, or use a _bn model or "
-                              "init=he_normal", f"{EXPERIMENTS}#depth_init", step))
+            self._say(
+                Finding(
+                    "blow_up",
+                    None,
+                    f"loss {loss:.4g} from {self.first_loss:.4g} at the first step",
+                    "the first updates diverge",
+                    "lower optim.learning_rate, or use a _bn model or init=he_normal",
+                    f"{EXPERIMENTS}#depth_init",
+                    step,
+                )
+            )
         self.losses.append(loss)
         if len(self.losses) == self.window and self._flat():
-            self._say(Finding("plateau", None, f"loss stuck at {np.mean(self.losses):.4f}, the constant-prediction "
-                              f"loss {self.constant:.4f}, over the last {self.window} steps",
-                              "the network predicts the class prior whatever the image",
-                              "run python -m vggjax.diagnose with this config to see why", EXPERIMENTS, step))
+            self._say(
+                Finding(
+                    "plateau",
+                    None,
+                    f"loss stuck at {np.mean(self.losses):.4f}, the constant-prediction "
+                    f"loss {self.constant:.4f}, over the last {self.window} steps",
+                    "the network predicts the class prior whatever the image",
+                    "run python -m vggjax.diagnose with this config to see why",
+                    EXPERIMENTS,
+                    step,
+                )
+            )

@@ -44,7 +44,8 @@ def _unknown_keys(
 
 
 def check_keys(config: ml_collections.ConfigDict) -> None:
-    """Raise ConfigError for a key the trainer never reads (a typo in a config file is otherwise silently ignored)."""
+    """Raise ConfigError for a key the trainer never reads (a typo in a config file is otherwise
+    silently ignored)."""
     from vggjax.configs import default
 
     known = default.get_config()
@@ -89,7 +90,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     every = config.get("eval_every_epochs", 1.0)
     if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
         raise ConfigError(
-            f"config.eval_every_epochs must be a number > 0 (e.g. 0.5 = twice per epoch), got {every!r}"
+            "config.eval_every_epochs must be a number > 0 (e.g. 0.5 = twice per epoch), "
+            f"got {every!r}"
         )
     if config.parallel not in ("jit", "pmap"):
         raise one_of("parallel mode", config.parallel, ("jit", "pmap"))
@@ -99,7 +101,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def loss_name(config: ml_collections.ConfigDict, multilabel: bool) -> str:
-    """``config.loss``, with ``"auto"`` meaning softmax cross-entropy, or multi-label soft margin for multi-label data."""
+    """``config.loss``, with ``"auto"`` meaning softmax cross-entropy, or multi-label soft margin
+    for multi-label data."""
     name = config.get("loss", "auto")
     if name == "auto":
         return "multilabel_soft_margin" if multilabel else "softmax_cross_entropy"
@@ -136,7 +139,8 @@ def check_batches(config: ml_collections.ConfigDict) -> int:
 
 
 def plan(config: ml_collections.ConfigDict, info: Any) -> Plan:
-    """The :class:`Plan` of ``config`` on a dataset described by ``info`` (:func:`vggjax.data.get_info`).
+    """The :class:`Plan` of ``config`` on a dataset described by ``info``
+    (:func:`vggjax.data.get_info`).
 
     Call :func:`check_config` and :func:`check_batches` first.
     """

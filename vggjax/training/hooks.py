@@ -2,7 +2,8 @@
 
 * :class:`MetricsLog` — ``metrics.jsonl`` + TensorBoard + the progress bar (the trainer's);
 * :class:`Evaluate` — an eval pass every N steps (and at the end), plus reduce-on-plateau;
-* :class:`Checkpoint` — orbax saves as the checkpointer's interval says (forced at the end / on stop);
+* :class:`Checkpoint` — orbax saves as the checkpointer's interval says (forced at the end / on
+  stop);
 * :class:`Preempt` — SIGTERM (or JAX's multi-host preemption notice) stops the loop after the
   step in flight, so the checkpoint of that step can be written;
 * :class:`History` — every fetched step's scalar metrics in memory (experiments);
@@ -99,7 +100,8 @@ class Checkpoint(Hook):
 
 
 class Preempt(Hook):
-    """Turns SIGTERM (what Cloud TPU, Kubernetes and Slurm send before taking the machine) into a stop.
+    """Turns SIGTERM (what Cloud TPU, Kubernetes and Slurm send before taking the machine) into a
+    stop.
 
     The first SIGTERM asks the loop to stop after the step in flight (whose checkpoint the
     :class:`Checkpoint` hook then forces); a second one gets the previous handler (the
@@ -140,7 +142,8 @@ class Preempt(Hook):
 
 
 class History(Hook):
-    """Every fetched step's scalar metrics, in memory: ``history.series("loss")`` → one float per step.
+    """Every fetched step's scalar metrics, in memory: ``history.series("loss")`` → one float per
+    step.
 
     Pass ``fit(..., log_every=1)`` to see every step. ``keys`` restricts what is kept
     (default: every scalar metric).
@@ -201,4 +204,6 @@ class Trainability(Hook):
     def on_records(self, loop: Loop, records: list[Record], diagnostics: bool) -> None:
         for r in records:
             grad = r.metrics.get("grad_norm")
-            self.watch.observe(r.step, float(r.metrics["loss"]), None if grad is None else float(grad))
+            self.watch.observe(
+                r.step, float(r.metrics["loss"]), None if grad is None else float(grad)
+            )

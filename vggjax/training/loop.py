@@ -57,7 +57,8 @@ class Hook:
         return False
 
     def needs_checked(self, loop: "Loop", step: int) -> bool:
-        """True when the steps so far must pass the NaN check now (a checkpoint is about to be written)."""
+        """True when the steps so far must pass the NaN check now (a checkpoint is about to be
+        written)."""
         return False
 
     def on_records(self, loop: "Loop", records: list[Record], diagnostics: bool) -> None: ...
@@ -147,7 +148,8 @@ def fit(
     diagnostics_every: int = 0,
     parameter_names: Callable[[], list[str]] | None = None,
 ) -> FitResult:
-    """Run ``train_step`` from ``start_step + 1`` to ``total_steps`` on ``batches`` (see the module docstring).
+    """Run ``train_step`` from ``start_step + 1`` to ``total_steps`` on ``batches`` (see the module
+    docstring).
 
     Args:
       state: the train state (e.g. :class:`~vggjax.training.state.TrainState`), already placed.

@@ -1,4 +1,5 @@
-"""A run from a config: :func:`train_and_evaluate` wires config → data → model → :func:`fit` with hooks.
+"""A run from a config: :func:`train_and_evaluate` wires config → data → model → :func:`fit` with
+hooks.
 
 What ``python -m vggjax.train`` calls, and the function to call from Python for the same run.
 Everything that can be checked is checked before anything is compiled or written: the config,
@@ -51,7 +52,8 @@ def _preflight(config, workdir: str, plan: config_lib.Plan, eval_graphdef, make_
 
 
 def _restore(config, ckpt, state, tx) -> tuple[Any, int]:
-    """Resume from the newest good checkpoint, or start from ``config.init_from``'s weights, or as is."""
+    """Resume from the newest good checkpoint, or start from ``config.init_from``'s weights, or as
+    is."""
     from vggjax import checkpoint
 
     if ckpt.latest_step() is not None:
@@ -59,8 +61,9 @@ def _restore(config, ckpt, state, tx) -> tuple[Any, int]:
         start = int(state.step)
         if ckpt.damaged_steps:
             print(
-                f"warning: checkpoint step(s) {', '.join(map(str, ckpt.damaged_steps))} in {ckpt.directory} "
-                f"could not be read (truncated or half-written); resuming from step {start}, the newest good one",
+                f"warning: checkpoint step(s) {', '.join(map(str, ckpt.damaged_steps))} "
+                f"in {ckpt.directory} could not be read (truncated or half-written); "
+                f"resuming from step {start}, the newest good one",
                 file=sys.stderr,
             )
         return state, start
@@ -111,9 +114,12 @@ def _open_log(config, workdir: str, plan: config_lib.Plan, start: int):
     return writer
 
 
-def _check_trainability(config, plan: config_lib.Plan, graphdef, state, train_iter, start: int, writer):
-    """Before the first step, the trainability check on the first batch (warnings, ``finding`` records);
-    returns the batches (the first one put back) and the constant-prediction loss the watch compares with."""
+def _check_trainability(
+    config, plan: config_lib.Plan, graphdef, state, train_iter, start: int, writer
+):
+    """Before the first step, the trainability check on the first batch (warnings, ``finding``
+    records); returns the batches (the first one put back) and the constant-prediction loss the
+    watch compares with."""
     from vggjax import trainability
 
     first = next(train_iter)
@@ -128,7 +134,8 @@ def _check_trainability(config, plan: config_lib.Plan, graphdef, state, train_it
 def _finish(
     config, workdir, plan, result, ckpt, writer, runner, evaluator, seconds
 ) -> dict[str, Any]:
-    """After the loop: wait for the checkpoint, then the preempted answer or the final evaluation and summary."""
+    """After the loop: wait for the checkpoint, then the preempted answer or the final evaluation
+    and summary."""
     from vggjax import metrics as metrics_lib
 
     if result.skipped:
@@ -136,11 +143,12 @@ def _finish(
             f"skipped {len(result.skipped)} step(s) with non-finite values (nan_policy=skip): "
             f"first {result.skipped[0]}, last {result.skipped[-1]}"
         )
-    ckpt.wait()  # a preempted run's checkpoint must be on disk before the scheduler takes the machine
+    # a preempted run's checkpoint must be on disk before the scheduler takes the machine
+    ckpt.wait()
     if result.stopped:
         writer.log(
-            f"preempted ({result.stopped}) at step {result.step}/{plan.total_steps}: checkpoint saved in "
-            f"{ckpt.directory}/{result.step}; rerun the same command to resume"
+            f"preempted ({result.stopped}) at step {result.step}/{plan.total_steps}: "
+            f"checkpoint saved in {ckpt.directory}/{result.step}; rerun the same command to resume"
         )
         return {"preempted": True, "steps": result.step, "workdir": workdir}
     last = evaluator.last or evaluate(runner, result.state, evaluator.eval_batches)
@@ -174,7 +182,9 @@ def _train(
     train_iter, eval_batches = _datasets(config, plan, start)
     watch = []
     if config.get("check_trainability", True):
-        train_iter, constant = _check_trainability(config, plan, graphdef, state, train_iter, start, writer)
+        train_iter, constant = _check_trainability(
+            config, plan, graphdef, state, train_iter, start, writer
+        )
         watch = [hooks_lib.Trainability(constant, writer, start_step=start)]
     runner, state = make_runner(config, graphdef, eval_graphdef, tx, plan.loss, state, False, key)
     diag = config.get("diagnostics", {})

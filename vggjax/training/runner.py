@@ -53,8 +53,9 @@ def enable_compilation_cache(path: str | None) -> None:
 
 
 def trace_key(config, **sizes: Any) -> str:
-    """Everything besides the arguments and the source that decides the steps' trace: the whole config
-    (its compute policy included) and the sizes derived from the data (classes, image size, schedule)."""
+    """Everything besides the arguments and the source that decides the steps' trace: the whole
+    config (its compute policy included) and the sizes derived from the data (classes, image size,
+    schedule)."""
     return json.dumps({"config": config.to_dict(), **sizes}, sort_keys=True, default=repr)
 
 
@@ -93,7 +94,8 @@ def pure_steps(
 
 
 def mesh_jit_options(state: TrainState, mesh) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``jax.jit`` keyword options of the mesh-jit train and eval steps: replicated state, ``P("data")`` batch."""
+    """``jax.jit`` keyword options of the mesh-jit train and eval steps: replicated state,
+    ``P("data")`` batch."""
     rep = parallel.replicated(mesh)
     state_sharding = jax.tree.map(lambda _: rep, state)
     ins = (state_sharding, parallel.batch_sharding(mesh))

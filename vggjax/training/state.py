@@ -149,7 +149,8 @@ def init_state(
     in_channels: int,
     tx: optax.GradientTransformation,
 ) -> tuple[nnx.GraphDef, nnx.GraphDef, Callable[[], TrainState]]:
-    """``(train_graphdef, eval_graphdef, make)``: ``make()`` builds a fresh TrainState (jit-able)."""
+    """``(train_graphdef, eval_graphdef, make)``: ``make()`` builds a fresh TrainState
+    (jit-able)."""
     abstract = nnx.eval_shape(lambda: create_model(config, num_classes, in_channels))
     graphdef = split_model(abstract)[0]
     abstract.eval()
@@ -166,7 +167,8 @@ def init_state(
 
 
 def nbytes(tree: Any) -> int:
-    """Bytes of all array leaves of ``tree`` (concrete or ``ShapeDtypeStruct``): one checkpoint's size."""
+    """Bytes of all array leaves of ``tree`` (concrete or ``ShapeDtypeStruct``): one checkpoint's
+    size."""
     total = 0
     for x in jax.tree.leaves(tree):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):

@@ -1,4 +1,5 @@
-"""The pure train and eval steps: ``(state, batch) -> (state, metrics)`` and ``(state, batch) -> sums``.
+"""The pure train and eval steps: ``(state, batch) -> (state, metrics)`` and
+``(state, batch) -> sums``.
 
 One function each, jitted once by the caller (mesh-jit or pmap: :mod:`vggjax.training.runner`;
 your own ``jax.jit`` in experiments and user code). The train step also measures, in the same
@@ -66,7 +67,8 @@ def forward_order(
 
 
 def leaf_names(tree: Any) -> list[str]:
-    """``features.conv1_1.kernel``-style names of the leaves of ``tree`` (NNX's trailing ``value`` dropped)."""
+    """``features.conv1_1.kernel``-style names of the leaves of ``tree`` (NNX's trailing ``value``
+    dropped)."""
     names = []
     for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
         keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
@@ -117,7 +119,8 @@ def all_finite(sums: list[jax.Array]) -> jax.Array:
 def _health(
     loss, grads, params, batch_stats, order: list[int], compute: ops.Policy
 ) -> dict[str, jax.Array]:
-    """Gradient norm, all-finite flag and the first bad gradient / parameter, from one reduction per leaf.
+    """Gradient norm, all-finite flag and the first bad gradient / parameter, from one reduction
+    per leaf.
 
     The new weights and BatchNorm statistics are tested too: with an absurd learning rate
     a finite gradient still overflows the update (lr 1e38 × grad 10).
@@ -202,7 +205,8 @@ def make_train_step(
 
 
 def make_eval_step(eval_graphdef: nnx.GraphDef, loss_name: str, *, axis_name: str | None = None):
-    """The pure eval step ``(state, batch) -> sums``: ``loss_sum`` (loss·n), ``correct`` (accuracy·n), ``count`` (n).
+    """The pure eval step ``(state, batch) -> sums``: ``loss_sum`` (loss·n), ``correct``
+    (accuracy·n), ``count`` (n).
 
     Runs the model in eval mode (dropout off, BatchNorm running statistics). Sums, not
     means, so padded last batches (``mask=False`` rows) are exact.
@@ -223,7 +227,8 @@ def make_eval_step(eval_graphdef: nnx.GraphDef, loss_name: str, *, axis_name: st
 
 
 def describe_nonfinite(step: int, metrics: Mapping[str, Any], names: list[str]) -> str:
-    """``"step N: loss nan, first non-finite gradient in features.conv1_1.kernel (lr 0.1)"`` for a bad step's host metrics.
+    """``"step N: loss nan, first non-finite gradient in features.conv1_1.kernel (lr 0.1)"`` for a
+    bad step's host metrics.
 
     ``names`` are the parameter names in forward order (what ``nonfinite_grad`` and
     ``nonfinite_param`` index).

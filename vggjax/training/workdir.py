@@ -18,7 +18,8 @@ def default_workdir(config_name: str) -> str:
 
 
 def check_workdir(workdir: str, checkpoint_bytes: int = 0) -> None:
-    """Create ``workdir`` and prove it is writable and has room for a checkpoint, or raise WorkdirError.
+    """Create ``workdir`` and prove it is writable and has room for a checkpoint, or raise
+    WorkdirError.
 
     Writes and removes a small probe file (permissions, read-only mounts, a path under a
     regular file all fail here) and compares the free space with ``checkpoint_bytes``
@@ -34,19 +35,22 @@ def check_workdir(workdir: str, checkpoint_bytes: int = 0) -> None:
         os.remove(probe)
     except OSError as e:
         raise WorkdirError(
-            f"cannot write to --workdir={workdir}: {e.strerror or e}; pick a directory you can write to"
+            f"cannot write to --workdir={workdir}: {e.strerror or e}; "
+            "pick a directory you can write to"
         ) from None
     need = int(checkpoint_bytes * 1.1) + (16 << 20)
     free = shutil.disk_usage(workdir).free
     if free < need:
         raise WorkdirError(
-            f"not enough disk space in --workdir={workdir}: {free / 2**20:.0f} MiB free, a checkpoint needs about "
-            f"{need / 2**20:.0f} MiB; free some space or pick another --workdir"
+            f"not enough disk space in --workdir={workdir}: {free / 2**20:.0f} MiB free, "
+            f"a checkpoint needs about {need / 2**20:.0f} MiB; "
+            "free some space or pick another --workdir"
         )
 
 
 def rewind_metrics(path: str, step: int) -> int:
-    """Drop the records after ``step`` (and ``summary`` records) from ``metrics.jsonl``; returns how many.
+    """Drop the records after ``step`` (and ``summary`` records) from ``metrics.jsonl``; returns
+    how many.
 
     A run killed after its last checkpoint logged steps that the resumed run trains
     again; without this the file would hold them twice. A half-written last line (the

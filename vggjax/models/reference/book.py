@@ -1,4 +1,5 @@
-"""Reference case 002: the CIFAR-2 networks of *Deep Learning with PyTorch*, ch. 8 (32×32×3 in, 2 out).
+"""Reference case 002: the CIFAR-2 networks of *Deep Learning with PyTorch*, ch. 8 (32×32×3 in,
+2 out).
 
 :class:`Net`, :class:`NetWidth`, :class:`NetDropout`, :class:`NetBatchNorm` (two tanh conv
 blocks), :class:`NetDepth`, :class:`NetRes` (three ReLU conv blocks) and :class:`NetResDeep`
@@ -62,7 +63,8 @@ class _BookNet(nnx.Module):
 
 
 class _TwoTanhBlocks(_BookNet):
-    """conv1 → [BN] → tanh → pool → [Dropout2d] → conv2 → [BN] → tanh → pool → [Dropout2d] → fc1 → tanh → fc2."""
+    """conv1 → [BN] → tanh → pool → [Dropout2d] → conv2 → [BN] → tanh → pool → [Dropout2d] → fc1
+    → tanh → fc2."""
 
     def __init__(
         self,
@@ -145,7 +147,8 @@ class Net(_TwoTanhBlocks):
 
 
 class NetWidth(_TwoTanhBlocks):
-    """:class:`Net` widened: conv1 3→``n_chans1``, conv2 ``n_chans1``→``n_chans1//2``, fc1 8·8·(n_chans1//2)→32.
+    """:class:`Net` widened: conv1 3→``n_chans1``, conv2 ``n_chans1``→``n_chans1//2``, fc1
+    8·8·(n_chans1//2)→32.
 
     tanh activations and 2×2 max pools as in :class:`Net`. Input ``(N, 32, 32, 3)``;
     output ``(N, num_classes)``.
@@ -247,7 +250,8 @@ class NetBatchNorm(_TwoTanhBlocks):
 
 
 class NetDepth(_BookNet):
-    """Three conv blocks with ReLU: conv 3→n, n→n/2, n/2→n/2, each ReLU + 2×2 max pool, then fc 4·4·(n/2)→32→classes.
+    """Three conv blocks with ReLU: conv 3→n, n→n/2, n/2→n/2, each ReLU + 2×2 max pool, then fc
+    4·4·(n/2)→32→classes.
 
     Input ``(N, 32, 32, 3)``; output ``(N, num_classes)``.
     """
@@ -360,7 +364,8 @@ def _with_own_init(init: initializers.InitSpec, own: Mapping[str, Any]) -> dict[
 
 
 class NetResDeep(_BookNet):
-    """conv 3→n → ReLU → pool, ``n_blocks`` :class:`ResBlock` (n channels), pool, fc 8·8·n→32 → ReLU → fc.
+    """conv 3→n → ReLU → pool, ``n_blocks`` :class:`ResBlock` (n channels), pool, fc 8·8·n→32 →
+    ReLU → fc.
 
     The book builds the blocks with ``nn.Sequential(*(n_blocks * [ResBlock(...)]))``: the
     list repeats ONE module, so all blocks share one set of weights. ``shared_block=True``

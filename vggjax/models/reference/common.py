@@ -1,4 +1,5 @@
-"""Helpers shared by the reference-case networks: feature recording, the output, the book's layers."""
+"""Helpers shared by the reference-case networks: feature recording, the output, the book's
+layers."""
 
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ def rngs_of(rngs: nnx.Rngs | int) -> nnx.Rngs:
 
 
 def rec(feats: dict, name: str, x: Array) -> Array:
-    """Record ``x`` under ``name`` in ``feats`` (the forward's ordered dict of intermediates) and return it."""
+    """Record ``x`` under ``name`` in ``feats`` (the forward's ordered dict of intermediates) and
+    return it."""
     feats[name] = x
     return x
 
 
 def output(logits: Array, feats: dict, return_features: bool):
-    """float32 logits, with ``feats`` when asked (the ``return_features`` convention of every vggjax model)."""
+    """float32 logits, with ``feats`` when asked (the ``return_features`` convention of every
+    vggjax model)."""
     logits = logits.astype(jnp.float32)
     return (logits, feats) if return_features else logits
 
