@@ -115,6 +115,29 @@ def save_figure(fig, path: str, dpi: int = 90, *, rect: Sequence[float] | None =
     return path
 
 
+def panel_grid(plt, n: int, *, cols: int = 3, size: tuple[float, float] = (5.2, 3.6)):
+    """A figure of ``n`` panels, rows of at most ``cols``, each ``size`` inches; the spare
+    panels of the last row are hidden. Returns ``(fig, axes)`` with ``axes`` 2-D."""
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def mean_band(ax, curves: Sequence[Sequence[float]], k: int = 1, **line: Any):
+    """Plot the mean over ``curves`` (cut to the shortest) of their ``k``-step moving averages,
+    ± one std as a band when there are several; ``line`` goes to ``ax.plot``. Returns the line."""
+    n = min(len(c) for c in curves)
+    smooth = np.asarray([moving_average(c[:n], k) for c in curves])
+    xs, mu, sd = np.arange(k, n + 1), smooth.mean(0), smooth.std(0)
+    (drawn,) = ax.plot(xs, mu, **line)
+    if len(curves) > 1:
+        ax.fill_between(xs, mu - sd, mu + sd, color=drawn.get_color(), alpha=0.2)
+    return drawn
+
+
 def digits_arrays(
     dataset: str,
     split: str,
