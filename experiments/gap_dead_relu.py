@@ -11,11 +11,12 @@ multi-label soft-margin loss and SGD, PyTorch's default initialisation. Measured
   pooling (the poster's fix), BatchNorm (WSDR's ``bn=True``: BN before every ReLU, the
   score ReLU included), and BatchNorm with linear scores.
 
-Everything is library code (:func:`vggjax.wsdr`, :func:`vggjax.train.make_train_step`
-with per-layer diagnostics, :func:`vggjax.optim.make_optimizer`); this script only runs
-and records. Data: VOC 2007 is not available offline, so the embedded multi-label
-``vggjax_digits_multilabel`` stands in (1–4 real handwritten digits tiled 2×2, 10-way
-multi-hot labels, so 10 classes instead of VOC's 20). Default size: width 1/8, 32×32
+Everything is library code (:func:`vggjax.models.reference.wsdr`,
+:func:`vggjax.training.make_train_step` with per-layer diagnostics,
+:func:`vggjax.optim.make_optimizer`, the loop :func:`vggjax.experiment.train`); this script
+only runs and records. Data: VOC 2007 is not available offline, so the embedded
+multi-label ``vggjax_digits_multilabel`` stands in (1–4 real handwritten digits tiled 2×2,
+10-way multi-hot labels, so 10 classes instead of VOC's 20). Default size: width 1/8, 32×32
 inputs (a 2×2 conv5 map instead of 14×14); ``--full`` uses the original width and 224×224
 (the 14×14 map of the seed) — hours on a CPU, minutes on an accelerator.
 
@@ -26,12 +27,10 @@ inputs (a 2×2 conv5 map instead of 14×14); ``--full`` uses the original width 
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import math
 import os
-import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,13 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import vggjax
-from vggjax import diagnostics, losses, optim
-from vggjax import train as vtrain
-from vggjax.metrics import dump_json
+from vggjax import experiment, losses, optim
+from vggjax.models.reference import wsdr
+from vggjax.training import make_train_step, merge, state_from_model
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "results", "gap_dead_relu")
 DATASET = "vggjax_digits_multilabel"
 LN2 = math.log(2.0)
 
@@ -59,142 +55,63 @@ VARIANTS: dict[str, dict] = {
     "batchnorm": {"batch_norm": True},
     "batchnorm_linear_scores": {"batch_norm": True, "score_relu": False},
 }
-SHORT = {
-    "relu_scores": "ReLU scores\n(seed)",
-    "linear_scores": "linear\nscores",
-    "fc_after_gap": "FC after\nGAP",
-    "batchnorm": "BN,\nReLU scores",
-    "batchnorm_linear_scores": "BN, linear\nscores",
-}
-LABELS = {
-    "relu_scores": "ReLU on scores (seed)",
-    "linear_scores": "fix: no ReLU on scores",
-    "fc_after_gap": "fix: FC after GAP (poster's)",
-    "batchnorm": "BatchNorm (ReLU kept)",
-    "batchnorm_linear_scores": "BatchNorm + no score ReLU",
+# name -> (legend label, bar label, colour)
+STYLE = {
+    "relu_scores": ("ReLU on scores (seed)", "ReLU scores\n(seed)", "C3"),
+    "linear_scores": ("fix: no ReLU on scores", "linear\nscores", "C0"),
+    "fc_after_gap": ("fix: FC after GAP (poster's)", "FC after\nGAP", "C2"),
+    "batchnorm": ("BatchNorm (ReLU kept)", "BN,\nReLU scores", "C1"),
+    "batchnorm_linear_scores": ("BatchNorm + no score ReLU", "BN, linear\nscores", "C4"),
 }
 # Layers whose gradient norm is followed step by step (those that exist in a variant).
 TRACKED_GRADS = (
-    "features/conv1_1",
-    "features/conv3_1",
-    "features/conv5_3",
-    "head/conv1",
-    "head/score",
-    "head/fc",
+    *("features/conv1_1", "features/conv3_1", "features/conv5_3"),
+    *("head/conv1", "head/score", "head/fc"),
 )
 TRACKED_STATS = (
-    "dead_frac/score_relu",
-    "zero_frac/score_relu",
-    "zero_frac/gap",
-    "act_mean/score",
-    "act_std/score",
-    "dead_frac/head_relu1",
-    "dead_frac/relu5_3",
+    *("dead_frac/score_relu", "zero_frac/score_relu", "zero_frac/gap", "act_mean/score"),
+    *("act_std/score", "dead_frac/head_relu1", "dead_frac/relu5_3"),
 )
+HISTORY = ("loss", "accuracy", "grad_norm", *(f"grad_norm/{k}" for k in TRACKED_GRADS))
+HISTORY += TRACKED_STATS
 
-PRESETS = {
-    # width, image size, batch, steps of the variant runs, main lr, sweep lrs, seeds, variants
-    "default": dict(
-        width=0.125,
-        image_size=32,
-        batch_size=32,
-        steps=300,
-        lr=0.03,
-        sweep_lrs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
-        seeds=[0, 1, 2],
-        sweep_cap=150,
-        variants=list(VARIANTS),
-        test_examples=500,
-    ),
-    "quick": dict(
-        width=0.0625,
-        image_size=32,
-        batch_size=16,
-        steps=30,
-        lr=0.1,
-        sweep_lrs=[],
-        seeds=[0],
-        sweep_cap=30,
-        variants=["relu_scores", "linear_scores"],
-        test_examples=0,
-        # Per-layer statistics only where they are checked: each costs seconds of compile.
-        diagnostics=["relu_scores"],
-    ),
-    "full": dict(
-        width=1.0,
-        image_size=224,
-        batch_size=16,
-        steps=300,
-        lr=0.03,
-        sweep_lrs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
-        seeds=[0, 1, 2],
-        sweep_cap=150,
-        variants=list(VARIANTS),
-        test_examples=500,
-        data_batches=100,  # 1,600 images at 224x224 kept in memory (~1 GB), cycled
-    ),
-}
+SWEEP_LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+# width, image size, batch, steps of the variant runs, main lr, sweep lrs, seeds, variants
+DEFAULT = dict(width=0.125, image_size=32, batch_size=32, steps=300, lr=0.03, sweep_lrs=SWEEP_LRS)
+DEFAULT.update(seeds=[0, 1, 2], sweep_cap=150, variants=list(VARIANTS), test_examples=500)
+QUICK = dict(DEFAULT, width=0.0625, batch_size=16, steps=30, lr=0.1, sweep_lrs=[], seeds=[0])
+QUICK.update(sweep_cap=30, variants=["relu_scores", "linear_scores"], test_examples=0)
+# Per-layer statistics only where they are checked: each costs seconds of compile.
+QUICK.update(diagnostics=["relu_scores"])
+# --full: 1,600 images at 224x224 kept in memory (~1 GB), cycled
+FULL = dict(DEFAULT, width=1.0, image_size=224, batch_size=16, data_batches=100)
+PRESETS = {"default": DEFAULT, "quick": QUICK, "full": FULL}
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="tiny run for the test suite (~30 s)")
-    mode.add_argument(
-        "--full", action="store_true", help="original width and 224x224 input (accelerator)"
-    )
-    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+def parse_args(argv=None):
+    quick = "tiny run for the test suite (~30 s)"
+    full = "original width and 224x224 input (accelerator)"
+    p = experiment.parser(__doc__, experiment.results_dir(__file__), quick=quick, full=full)
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default %(default)s)")
-    p.add_argument(
-        "--steps", type=int, default=None, help="updates per variant run (preset default)"
-    )
-    p.add_argument(
-        "--lr", type=float, default=None, help="learning rate of the variant runs (preset default)"
-    )
+    p.add_argument("--steps", type=int, help="updates per variant run (preset default)")
+    p.add_argument("--lr", type=float, help="learning rate of the variant runs (preset default)")
     p.add_argument(
         "--replot", action="store_true", help="only redraw the PNGs from OUT/result.json"
     )
     return p.parse_args(argv)
 
 
-def versions() -> dict:
-    import flax
-    import optax
-
-    return {
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "vggjax": vggjax.__version__,
-        "backend": jax.default_backend(),
-        "machine": platform.machine(),
-    }
-
-
 def load_data(image_size: int, batch_size: int, n_batches: int, test_examples: int, seed: int = 0):
-    """``n_batches`` training batches (kept in memory: every run sees the same sequence) and a test slice."""
+    """``n_batches`` training batches (kept in memory: every run sees the same sequence) and a
+    test slice."""
     from vggjax.data import load
 
-    it, info = load(
-        DATASET,
-        global_batch_size=batch_size,
-        train=True,
-        image_size=image_size,
-        channels=3,
-        seed=seed,
-        augment="none",
-    )
+    options = dict(image_size=image_size, channels=3, augment="none")
+    it, info = load(DATASET, global_batch_size=batch_size, train=True, seed=seed, **options)
     train = [{k: jnp.asarray(v) for k, v in next(it).items()} for _ in range(n_batches)]
     test = []
     if test_examples:
-        batches, _ = load(
-            DATASET, global_batch_size=250, train=False, image_size=image_size, channels=3
-        )
+        batches, _ = load(DATASET, global_batch_size=250, train=False, **options)
         for b in batches:
             test.append({k: jnp.asarray(v) for k, v in b.items()})
             if 250 * len(test) >= test_examples:
@@ -215,6 +132,7 @@ def label_stats(train: list[dict]) -> dict:
         "prior_entropy_loss": entropy,
         "best_constant_logits": np.log(p / (1 - p)).tolist(),
         "mean_logit_gradient_at_zero": ((0.5 - p) / len(p)).tolist(),
+        "chance_mAP": float(np.mean(p.tolist())),  # mAP of a constant score
     }
 
 
@@ -222,18 +140,13 @@ class Runner:
     """Builds a variant, its optimizer and its jitted train step (cached per variant and lr)."""
 
     def __init__(self, width: float, num_classes: int, momentum: float, total_steps: int):
-        self.width, self.num_classes, self.momentum, self.total_steps = (
-            width,
-            num_classes,
-            momentum,
-            total_steps,
-        )
+        self.width, self.num_classes = width, num_classes
+        self.momentum, self.total_steps = momentum, total_steps
         self._steps: dict = {}
         self._evals: dict = {}
-        self.compile_seconds = 0.0
 
     def model(self, variant: str, seed: int):
-        return vggjax.wsdr(
+        return wsdr(
             num_classes=self.num_classes,
             width=self.width,
             init="torch_default",
@@ -243,16 +156,14 @@ class Runner:
 
     def start(self, variant: str, lr: float, seed: int, with_diagnostics: bool = True):
         """``(state, step_fn, graphdef)`` for a fresh model of ``variant`` with ``seed``."""
-        tx = optim.make_optimizer(
-            dict(learning_rate=lr, momentum=self.momentum), 1, self.total_steps
-        )
-        graphdef, _, state = vtrain.state_from_model(self.model(variant, seed), tx)
+        opt = dict(learning_rate=lr, momentum=self.momentum)
+        tx = optim.make_optimizer(opt, 1, self.total_steps)
+        graphdef, _, state = state_from_model(self.model(variant, seed), tx)
         key = (variant, lr)
         if key not in self._steps:
             # One compiled step per (variant, lr); seeds share it (same graph, same optimizer).
-            step = vtrain.make_train_step(
-                graphdef, tx, "multilabel_soft_margin", with_diagnostics=with_diagnostics
-            )
+            loss = "multilabel_soft_margin"
+            step = make_train_step(graphdef, tx, loss, with_diagnostics=with_diagnostics)
             self._steps[key] = (jax.jit(step), graphdef)
         return state, *self._steps[key]
 
@@ -266,7 +177,7 @@ class Runner:
         if variant not in self._evals:
 
             def fwd(state, x):
-                logits, feats = vtrain.merge(graphdef, state)(x, return_features=True)
+                logits, feats = merge(graphdef, state)(x, return_features=True)
                 return logits, feats["score"]
 
             self._evals[variant] = jax.jit(fwd)
@@ -275,6 +186,25 @@ class Runner:
 
 def score_bias(state) -> np.ndarray:
     return np.asarray(nnx.to_pure_dict(state.params)["head"]["score"]["bias"])
+
+
+class Collapse:
+    """A ``stop`` for :func:`vggjax.experiment.train`: tracks when the run has collapsed.
+
+    The run has *collapsed* at update ``t`` (0-based: the metrics of step ``t + 1`` are of the
+    parameters after ``t`` updates) when every score-map entry is exactly 0 and the global
+    gradient norm is exactly 0 from ``t`` on; :attr:`at` is the first such ``t``, or None.
+    With ``after``, the run stops that many updates after a collapse.
+    """
+
+    def __init__(self, score_relu: bool, after: int | None) -> None:
+        self.score_relu, self.after, self.at = score_relu, after, None
+
+    def __call__(self, step: int, m: dict) -> bool:
+        t = step - 1
+        dead = self.score_relu and m.get("zero_frac/score_relu") == 1.0 and m["grad_norm"] == 0.0
+        self.at = (t if self.at is None else self.at) if dead else None
+        return self.after is not None and self.at is not None and t - self.at >= self.after
 
 
 def train_run(
@@ -286,66 +216,53 @@ def train_run(
     steps: int,
     stop_after_collapse: int | None = None,
     with_diagnostics: bool = True,
-) -> tuple[dict, object, object]:
+):
     """Train one model, recording per-step metrics; returns ``(record, final state, graphdef)``.
 
-    The metrics of step ``t`` come from the forward/backward pass on the parameters after
-    ``t`` updates. The run has *collapsed* at ``t`` when every score-map entry is exactly 0
-    and the global gradient norm is exactly 0 from ``t`` on; ``updates_to_collapse`` is the
-    first such ``t``. ``stop_after_collapse``: stop that many steps after a collapse.
+    Every run cycles through the same ``data`` batches; ``history["score_bias"][t]`` is the
+    score layer's bias before update ``t``. ``stop_after_collapse``: see :class:`Collapse`.
     """
     state, step, graphdef = runner.start(variant, lr, seed, with_diagnostics)
-    hist: dict[str, list] = {"loss": [], "accuracy": [], "grad_norm": []}
-    hist.update({f"grad_norm/{k}": [] for k in TRACKED_GRADS})
-    hist.update({k: [] for k in TRACKED_STATS})
-    hist["score_bias"] = []
-    collapse, t0, first = None, time.perf_counter(), None
-    relu = VARIANTS[variant].get("score_relu", True)
-    for t in range(steps):
-        hist["score_bias"].append(score_bias(state).tolist())
-        state, metrics = step(state, data[t % len(data)])
-        m = diagnostics.to_python(metrics)
-        if first is None:
-            first = time.perf_counter() - t0  # compile + first step
-        for k in hist:
-            if k != "score_bias":
-                hist[k].append(m.get(k))
-        dead_now = relu and m.get("zero_frac/score_relu") == 1.0 and m["grad_norm"] == 0.0
-        collapse = (t if collapse is None else collapse) if dead_now else None
-        if (
-            stop_after_collapse is not None
-            and collapse is not None
-            and t - collapse >= stop_after_collapse
-        ):
-            break
-    hist = {k: v for k, v in hist.items() if any(x is not None for x in v)}
-    dead = hist.get("dead_frac/score_relu")
+    collapse = Collapse(VARIANTS[variant].get("score_relu", True), stop_after_collapse)
+    run = experiment.train(
+        state,
+        step,
+        itertools.cycle(data),
+        steps,
+        keys=HISTORY,
+        probe=lambda _, s: score_bias(s).tolist(),
+        probe_every=1,
+        probe_at_start=True,
+        stop=collapse,
+    )
+    hist = {**run.lists(HISTORY), "score_bias": [b for _, b in run.probes[: len(run.steps)]]}
+    loss, dead = hist["loss"], hist.get("dead_frac/score_relu")
     rec = {
         "variant": variant,
         "lr": lr,
         "momentum": runner.momentum,
         "effective_lr": lr / (1.0 - runner.momentum),
         "seed": seed,
-        "steps_run": len(hist["loss"]),
-        "updates_to_collapse": collapse,
+        "steps_run": len(loss),
+        "updates_to_collapse": collapse.at,
         "updates_to_all_dead": next((i for i, d in enumerate(dead) if d == 1.0), None)
         if dead
         else None,
         "dead_frac_at_init": dead[0] if dead else None,
-        "final_loss": hist["loss"][-1],
-        "final_loss_minus_ln2": hist["loss"][-1] - LN2,
-        "mean_loss_last_20": float(np.mean(hist["loss"][-20:])),
-        "mean_loss_last_10": float(np.mean(hist["loss"][-10:])),
+        "final_loss": loss[-1],
+        "final_loss_minus_ln2": loss[-1] - LN2,
+        "mean_loss_last_20": float(np.mean(loss[-20:])),
+        "mean_loss_last_10": float(np.mean(loss[-10:])),
         "final_grad_norm": hist["grad_norm"][-1],
-        "seconds_first_step_incl_compile": first,
-        "seconds_total": time.perf_counter() - t0,
+        "seconds_first_step_incl_compile": run.first_step_seconds,
+        "seconds_total": run.seconds,
         "history": hist,
     }
-    return rec, state, graphdef
+    return rec, run.state, graphdef
 
 
 def evaluate(runner: Runner, variant: str, graphdef, state, test: list[dict]) -> dict:
-    """Test loss / mAP / accuracy, and the largest score pre-activation per class over the test images."""
+    """Test loss / mAP / accuracy, and the largest score pre-activation per class (test images)."""
     if not test:
         return {}
     fwd = runner.forward(variant, graphdef)
@@ -368,10 +285,10 @@ def evaluate(runner: Runner, variant: str, graphdef, state, test: list[dict]) ->
 
 
 def bn_eval_mode_loss(variant: str, graphdef, state, test: list[dict]) -> float | None:
-    """Test loss of a BN variant in eval mode (running statistics, which momentum 0 froze at init)."""
+    """Test loss of a BN variant in eval mode (running statistics, which momentum 0 froze)."""
     if not test or not VARIANTS[variant].get("batch_norm"):
         return None
-    model = vtrain.merge(graphdef, state)
+    model = merge(graphdef, state)
     model.eval()
     fwd = nnx.jit(lambda m, x: m(x))
     logits = jnp.concatenate([fwd(model, b["image"]) for b in test])
@@ -380,7 +297,8 @@ def bn_eval_mode_loss(variant: str, graphdef, state, test: list[dict]) -> float 
 
 
 def init_analysis(runner: Runner, data: list[dict], seed: int) -> dict:
-    """Why units die: at init the score pre-activation is bias-dominated (torch default init shrinks the signal)."""
+    """Why units die: at init the score pre-activation is bias-dominated (torch default init
+    shrinks the signal)."""
     model = runner.model("relu_scores", seed)
     logits, feats = nnx.jit(lambda m, x: m(x, return_features=True))(model, data[0]["image"])
     score = np.asarray(feats["score"])  # (N, h, w, C) pre-activation
@@ -411,227 +329,158 @@ def init_analysis(runner: Runner, data: list[dict], seed: int) -> dict:
 # --------------------------------------------------------------------------- plots
 
 
-def _smooth(x, k=10):
+def _smooth(x, k=10) -> np.ndarray:
+    """The first ``k - 1`` values as they are, then the ``k``-step moving average."""
     x = np.asarray(x, float)
-    if len(x) < k:
-        return x
-    c = np.cumsum(np.insert(x, 0, 0.0))
-    out = (c[k:] - c[:-k]) / k
-    return np.concatenate([x[: k - 1], out])
+    return x if len(x) < k else np.concatenate([x[: k - 1], experiment.moving_average(x, k)])
 
 
-def plot_main(res: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = res["variant_runs"]
-    colors = {
-        "relu_scores": "C3",
-        "linear_scores": "C0",
-        "fc_after_gap": "C2",
-        "batchnorm": "C1",
-        "batchnorm_linear_scores": "C4",
-    }
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-    cfg = res["config"]
-    floor = 1e-9
-
-    ax = axes[0, 0]
+def _curves(ax, runs: dict, key: str, log: bool = False, floor: float = 1e-9) -> None:
     for name, r in runs.items():
-        h = r["history"]["loss"]
-        ax.plot(h, color=colors[name], alpha=0.25, lw=0.7)
-        ax.plot(_smooth(h), color=colors[name], label=LABELS[name])
+        if key in r["history"]:
+            label, _, color = STYLE[name]
+            v = np.asarray(r["history"][key], float)
+            if log:
+                ax.semilogy(np.maximum(v, floor), color=color, label=label, lw=0.9)
+            else:
+                ax.plot(v, color=color, label=label)
+    ax.set_xlabel("update")
+
+
+def panel_loss(ax, res: dict) -> None:
+    for name, r in res["variant_runs"].items():
+        label, _, color = STYLE[name]
+        ax.plot(r["history"]["loss"], color=color, alpha=0.25, lw=0.7)
+        ax.plot(_smooth(r["history"]["loss"]), color=color, label=label)
     ax.axhline(LN2, color="k", ls="--", lw=0.8, label="ln 2 = 0.693147")
-    ax.axhline(
-        res["labels"]["prior_entropy_loss"],
-        color="gray",
-        ls=":",
-        lw=1,
-        label=f"best constant prediction = {res['labels']['prior_entropy_loss']:.3f}",
-    )
+    best = res["labels"]["prior_entropy_loss"]
+    label = f"best constant prediction = {best:.3f}"
+    ax.axhline(best, color="gray", ls=":", lw=1, label=label)
     ax.set_xlabel("update")
     ax.set_ylabel("train loss (multilabel soft margin, per label)")
-    ax.set_title(f"(a) loss, lr {cfg['lr']} momentum {cfg['momentum']}")
-    ax.legend(fontsize=7)
+    ax.set_title(f"(a) loss, lr {res['config']['lr']} momentum {res['config']['momentum']}")
 
-    ax = axes[0, 1]
-    for name, r in runs.items():
-        d = r["history"].get("dead_frac/score_relu")
-        if d is not None:
-            ax.plot(d, color=colors[name], label=LABELS[name])
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("update")
-    ax.set_ylabel("fraction of score units dead\n(0 for every image and position in the batch)")
-    ax.set_title("(b) dead score ReLU units")
-    ax.legend(fontsize=7)
 
-    ax = axes[0, 2]
-    for name, r in runs.items():
-        g = np.maximum(np.asarray(r["history"]["grad_norm"], float), floor)
-        ax.semilogy(g, color=colors[name], label=LABELS[name], lw=0.9)
-    ax.axhline(floor, color="k", lw=0.5)
-    ax.text(0, floor * 1.6, "exactly 0 (drawn at 1e-9)", fontsize=7)
-    ax.set_xlabel("update")
-    ax.set_ylabel("global gradient norm")
-    ax.set_title("(c) gradient norm")
-    ax.legend(fontsize=7)
-
-    ax = axes[1, 0]
-    h = runs["relu_scores"]["history"]
+def panel_layers(ax, res: dict, floor: float = 1e-9) -> None:
+    relu = res["variant_runs"]["relu_scores"]
     for i, k in enumerate(TRACKED_GRADS):
-        key = f"grad_norm/{k}"
-        if key in h:
-            ax.semilogy(np.maximum(np.asarray(h[key], float), floor), label=k, color=f"C{i}")
+        if f"grad_norm/{k}" in relu["history"]:
+            g = np.maximum(np.asarray(relu["history"][f"grad_norm/{k}"], float), floor)
+            ax.semilogy(g, label=k, color=f"C{i}")
     ax.axhline(floor, color="k", lw=0.5)
     ax.set_xlabel("update")
     ax.set_ylabel("gradient norm of the layer")
-    collapse = runs["relu_scores"]["updates_to_collapse"]
+    collapse = relu["updates_to_collapse"]
     ax.set_title(f"(d) seed network: per-layer gradients (all exactly 0 from update {collapse})")
     ax.set_xlim(-1, max(30, 3 * (collapse or 10)))
-    ax.legend(fontsize=7)
 
-    ax = axes[1, 1]
-    sweep = res["lr_sweep"]
+
+def panel_sweep(ax, res: dict) -> None:
+    sweep, cfg = res["lr_sweep"], res["config"]
     cap = cfg["sweep_cap"]
-    if sweep["runs"]:
-        for i, seed in enumerate(cfg["seeds"]):
-            mine = [r for r in sweep["runs"] if r["seed"] == seed]
-            done = [r for r in mine if r["updates_to_collapse"] is not None]
-            alive = [r["lr"] for r in mine if r["updates_to_collapse"] is None]
-            jitter = 1 + 0.04 * (i - 1)  # seeds side by side
-            ax.plot(
-                [r["lr"] * jitter for r in done],
-                [max(r["updates_to_collapse"], 0.8) for r in done],
-                "o",
-                color=f"C{i}",
-                label=f"seed {seed}",
-            )
-            if alive:
-                ax.plot(alive, [cap] * len(alive), "^", color=f"C{i}", mfc="none")
-        med = [
-            (float(k), v)
-            for k, v in sweep["median_updates_to_collapse_by_lr"].items()
-            if v is not None
-        ]
-        ax.plot([k for k, _ in med], [max(v, 0.8) for _, v in med], "k-", lw=0.8, label="median")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no learning-rate sweep in this run", ha="center", transform=ax.transAxes)
     ax.set_xlabel(f"learning rate (momentum {cfg['momentum']}; effective lr = lr / (1 - momentum))")
     ax.set_ylabel("updates until outputs and gradients are exactly 0")
     ax.set_title(f"(e) collapse vs learning rate (open triangles: alive after {cap})")
+    if not sweep["runs"]:
+        ax.text(0.5, 0.5, "no learning-rate sweep in this run", ha="center", transform=ax.transAxes)
+        return
+    for i, seed in enumerate(cfg["seeds"]):
+        mine = [r for r in sweep["runs"] if r["seed"] == seed]
+        done = [r for r in mine if r["updates_to_collapse"] is not None]
+        alive = [r["lr"] for r in mine if r["updates_to_collapse"] is None]
+        jitter = 1 + 0.04 * (i - 1)  # seeds side by side
+        xs = [r["lr"] * jitter for r in done]
+        ys = [max(r["updates_to_collapse"], 0.8) for r in done]
+        ax.plot(xs, ys, "o", color=f"C{i}", label=f"seed {seed}")
+        if alive:
+            ax.plot(alive, [cap] * len(alive), "^", color=f"C{i}", mfc="none")
+    med = sweep["median_updates_to_collapse_by_lr"]
+    med = [(float(k), max(v, 0.8)) for k, v in med.items() if v is not None]
+    ax.plot([k for k, _ in med], [v for _, v in med], "k-", lw=0.8, label="median")
+    ax.set(xscale="log", yscale="log")
 
-    ax = axes[1, 2]
+
+def panel_test(ax, res: dict) -> None:
+    runs = res["variant_runs"]
     names = [n for n in runs if "test_mAP" in runs[n]]
-    if names:
-        x = np.arange(len(names))
-        ax.bar(
-            x - 0.2,
-            [runs[n]["test_mAP"] for n in names],
-            0.4,
-            color=[colors[n] for n in names],
-            label="test mAP",
-        )
-        ax.bar(
-            x + 0.2,
-            [runs[n]["test_loss"] for n in names],
-            0.4,
-            color=[colors[n] for n in names],
-            alpha=0.4,
-            hatch="//",
-            label="test loss",
-        )
-        ax.axhline(
-            res["labels"]["chance_mAP"],
-            color="gray",
-            ls=":",
-            label=f"chance mAP ≈ {res['labels']['chance_mAP']:.2f}",
-        )
-        ax.axhline(LN2, color="k", ls="--", lw=0.8, label="ln 2")
-        ax.set_xticks(x)
-        ax.set_xticklabels([SHORT[n] for n in names], fontsize=8)
-        ax.set_title(
-            f"(f) after {cfg['steps']} updates: {res['config']['test_examples']} test images"
-        )
-        ax.legend(fontsize=7)
-    else:
+    if not names:
         ax.axis("off")
+        return
+    x, colors = np.arange(len(names)), [STYLE[n][2] for n in names]
+    ax.bar(x - 0.2, [runs[n]["test_mAP"] for n in names], 0.4, color=colors, label="test mAP")
+    loss = [runs[n]["test_loss"] for n in names]
+    ax.bar(x + 0.2, loss, 0.4, color=colors, alpha=0.4, hatch="//", label="test loss")
+    chance = res["labels"]["chance_mAP"]
+    ax.axhline(chance, color="gray", ls=":", label=f"chance mAP ≈ {chance:.2f}")
+    ax.axhline(LN2, color="k", ls="--", lw=0.8, label="ln 2")
+    ax.set_xticks(x)
+    ax.set_xticklabels([STYLE[n][1] for n in names], fontsize=8)
+    cfg = res["config"]
+    ax.set_title(f"(f) after {cfg['steps']} updates: {cfg['test_examples']} test images")
+
+
+def plot_main(res: dict, path: str) -> None:
+    plt = experiment.pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    runs, cfg, floor = res["variant_runs"], res["config"], 1e-9
+    panel_loss(axes[0, 0], res)
+    _curves(axes[0, 1], runs, "dead_frac/score_relu")
+    axes[0, 1].set_ylim(-0.03, 1.03)
+    axes[0, 1].set_ylabel(
+        "fraction of score units dead\n(0 for every image and position in the batch)"
+    )
+    axes[0, 1].set_title("(b) dead score ReLU units")
+    _curves(axes[0, 2], runs, "grad_norm", log=True, floor=floor)
+    axes[0, 2].axhline(floor, color="k", lw=0.5)
+    axes[0, 2].text(0, floor * 1.6, "exactly 0 (drawn at 1e-9)", fontsize=7)
+    axes[0, 2].set(ylabel="global gradient norm", title="(c) gradient norm")
+    panel_layers(axes[1, 0], res, floor)
+    panel_sweep(axes[1, 1], res)
+    panel_test(axes[1, 2], res)
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(
         f"WSDR (VGG-16 conv1-5 + GAP head, PyTorch default init), width {cfg['width']:g}, "
         f"{cfg['image_size']}x{cfg['image_size']} input, batch {cfg['batch_size']}, {DATASET}"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    experiment.save_figure(fig, path, dpi=80)
 
 
 def plot_sweep(res: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = experiment.pyplot()
     runs = [r for r in res["lr_sweep"]["runs"] if r["seed"] == res["config"]["seeds"][0]]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for i, r in enumerate(sorted(runs, key=lambda r: r["lr"])):
-        h = r["history"]
-        axes[0].plot(h["loss"], color=f"C{i}", label=f"lr {r['lr']:g}")
-        axes[1].plot(h["dead_frac/score_relu"], color=f"C{i}", label=f"lr {r['lr']:g}")
+        for ax, key in zip(axes, ("loss", "dead_frac/score_relu")):
+            ax.plot(r["history"][key], color=f"C{i}", label=f"lr {r['lr']:g}")
     axes[0].axhline(LN2, color="k", ls="--", lw=0.8)
     last = max((r["updates_to_collapse"] or r["steps_run"]) for r in runs)
-    for ax in axes:
-        ax.set_xlim(-1, last + 15)
-    axes[0].set_ylabel("train loss")
-    axes[1].set_ylabel("fraction of dead score units")
-    for ax in axes:
-        ax.set_xlabel("update")
+    for ax, what in zip(axes, ("train loss", "fraction of dead score units")):
+        ax.set(xlim=(-1, last + 15), xlabel="update", ylabel=what)
         ax.legend(fontsize=7)
     axes[0].set_title("seed network, seed 0: loss until it sticks at ln 2")
     axes[1].set_title("seed network, seed 0: dead score units")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    experiment.save_figure(fig, path, dpi=80)
+
+
+def make_plots(result: dict, out: str) -> list[str]:
+    plots = []
+    if "relu_scores" in result["variant_runs"]:
+        plot_main(result, os.path.join(out, "gap_dead_relu.png"))
+        plots.append("gap_dead_relu.png")
+    if result["lr_sweep"]["runs"]:
+        plot_sweep(result, os.path.join(out, "gap_dead_relu_sweep.png"))
+        plots.append("gap_dead_relu_sweep.png")
+    return plots
 
 
 # --------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.replot:
-        with open(os.path.join(args.out, "result.json")) as f:
-            result = json.load(f)
-        plot_main(result, os.path.join(args.out, "gap_dead_relu.png"))
-        if result["lr_sweep"]["runs"]:
-            plot_sweep(result, os.path.join(args.out, "gap_dead_relu_sweep.png"))
-        return result
-    preset = "quick" if args.quick else "full" if args.full else "default"
-    cfg = dict(PRESETS[preset])
-    if args.steps is not None:
-        cfg["steps"] = args.steps
-    if args.lr is not None:
-        cfg["lr"] = args.lr
-    cfg["momentum"] = args.momentum
-    cfg["preset"] = preset
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.perf_counter()
-
-    n_batches = cfg.get("data_batches") or max(cfg["steps"], cfg["sweep_cap"])
-    train, test, info = load_data(
-        cfg["image_size"], cfg["batch_size"], n_batches, cfg["test_examples"]
-    )
-    t_data = time.perf_counter() - t0
-    lab = label_stats(train)
-    lab["chance_mAP"] = float(np.mean(lab["class_frequency"]))  # mAP of a constant score
-    runner = Runner(cfg["width"], info.num_classes, cfg["momentum"], cfg["steps"])
-    # Skipped in --quick (one more compile); the test suite needs only the runs.
-    init = None if args.quick else init_analysis(runner, train, cfg["seeds"][0])
-
-    variant_runs = {}
+def run_variants(cfg: dict, runner: Runner, train: list, test: list) -> dict:
+    """The seed's network and its fixes, lr ``cfg["lr"]``, seed ``cfg["seeds"][0]``."""
+    out = {}
     for variant in cfg["variants"]:
         diag = cfg.get("diagnostics", "all") == "all" or variant in cfg["diagnostics"]
         rec, state, graphdef = train_run(
@@ -641,105 +490,115 @@ def main(argv=None) -> dict:
         bn_eval = bn_eval_mode_loss(variant, graphdef, state, test)
         if bn_eval is not None:
             rec["test_loss_eval_mode_frozen_running_stats"] = bn_eval
-        variant_runs[variant] = rec
+        out[variant] = rec
         print(
             f"{variant:25s} loss {rec['history']['loss'][0]:.6f} -> {rec['final_loss']:.6f}  "
-            f"collapse@{rec['updates_to_collapse']}  test mAP {rec.get('test_mAP', float('nan')):.3f}  "
-            f"({rec['seconds_total']:.0f}s)",
+            f"collapse@{rec['updates_to_collapse']}  test mAP "
+            f"{rec.get('test_mAP', float('nan')):.3f}  ({rec['seconds_total']:.0f}s)",
             flush=True,
         )
+    return out
 
-    sweep_runs = []
-    main_relu = variant_runs.get("relu_scores")
-    for lr in cfg["sweep_lrs"]:
-        for seed in cfg["seeds"]:
-            if (
-                main_relu is not None
-                and lr == cfg["lr"]
-                and seed == cfg["seeds"][0]
-                and cfg["sweep_cap"] <= cfg["steps"]
-            ):
-                rec = dict(main_relu)  # the variant run above is this very run
-            else:
-                rec, _, _ = train_run(
-                    runner, "relu_scores", lr, seed, train, cfg["sweep_cap"], stop_after_collapse=10
-                )
-            keep = ("loss", "grad_norm", "dead_frac/score_relu", "zero_frac/score_relu")
-            sweep_runs.append(
-                {**rec, "history": {k: v for k, v in rec["history"].items() if k in keep}}
+
+def run_sweep(cfg: dict, runner: Runner, train: list, relu: dict | None) -> dict:
+    """The seed's network at every sweep lr and seed, until 10 updates after its collapse."""
+    runs = []
+    for lr, seed in itertools.product(cfg["sweep_lrs"], cfg["seeds"]):
+        same = lr == cfg["lr"] and seed == cfg["seeds"][0] and cfg["sweep_cap"] <= cfg["steps"]
+        if relu is not None and same:
+            rec = dict(relu)  # the variant run is this very run
+        else:
+            cap = cfg["sweep_cap"]
+            rec, _, _ = train_run(
+                runner, "relu_scores", lr, seed, train, cap, stop_after_collapse=10
             )
-            print(
-                f"sweep lr {lr:<6g} seed {seed}: collapse after {rec['updates_to_collapse']} updates "
-                f"(dead at init {rec['dead_frac_at_init']:.1f})",
-                flush=True,
-            )
+        keep = ("loss", "grad_norm", "dead_frac/score_relu", "zero_frac/score_relu")
+        runs.append({**rec, "history": {k: v for k, v in rec["history"].items() if k in keep}})
+        print(
+            f"sweep lr {lr:<6g} seed {seed}: collapse after {rec['updates_to_collapse']} updates "
+            f"(dead at init {rec['dead_frac_at_init']:.1f})",
+            flush=True,
+        )
     med = {}
     for lr in cfg["sweep_lrs"]:
-        c = [r["updates_to_collapse"] for r in sweep_runs if r["lr"] == lr]
+        c = [r["updates_to_collapse"] for r in runs if r["lr"] == lr]
         med[str(lr)] = float(np.median(c)) if all(x is not None for x in c) else None
+    return {"runs": runs, "median_updates_to_collapse_by_lr": med}
 
-    relu = variant_runs.get("relu_scores")
-    checks = {}
-    if relu is not None:
-        h = relu["history"]
-        checks["relu_loss_is_ln2_within_1e-4"] = abs(relu["final_loss"] - LN2) < 1e-4
-        checks["relu_all_score_units_dead"] = h["dead_frac/score_relu"][-1] == 1.0
-        checks["relu_grad_exactly_zero"] = relu["final_grad_norm"] == 0.0
-        checks["relu_collapsed_for_good"] = relu["updates_to_collapse"] is not None
+
+def checks(variant_runs: dict) -> dict:
+    out = {}
+    if "relu_scores" in variant_runs:
+        relu = variant_runs["relu_scores"]
+        out["relu_loss_is_ln2_within_1e-4"] = abs(relu["final_loss"] - LN2) < 1e-4
+        out["relu_all_score_units_dead"] = relu["history"]["dead_frac/score_relu"][-1] == 1.0
+        out["relu_grad_exactly_zero"] = relu["final_grad_norm"] == 0.0
+        out["relu_collapsed_for_good"] = relu["updates_to_collapse"] is not None
     if "linear_scores" in variant_runs:
         lin = variant_runs["linear_scores"]
-        checks["linear_scores_lower_the_loss"] = (
-            lin["mean_loss_last_10"] < min(lin["history"]["loss"][0], LN2) - 0.01
-        )
+        start = min(lin["history"]["loss"][0], LN2)
+        out["linear_scores_lower_the_loss"] = lin["mean_loss_last_10"] < start - 0.01
+    return out
 
-    result = {
-        "experiment": "gap_dead_relu",
-        "command": "python "
-        + " ".join(
-            [os.path.relpath(__file__, os.path.dirname(HERE))]
-            + (list(argv) if argv is not None else sys.argv[1:])
-        ),
-        "config": {
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.replot:
+        with open(os.path.join(args.out, "result.json")) as f:
+            result = json.load(f)
+        make_plots(result, args.out)
+        return result
+    preset = "quick" if args.quick else "full" if args.full else "default"
+    cfg = dict(PRESETS[preset])
+    cfg.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
+    cfg.update(momentum=args.momentum, preset=preset)
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+
+    n_batches = cfg.get("data_batches") or max(cfg["steps"], cfg["sweep_cap"])
+    train, test, info = load_data(
+        cfg["image_size"], cfg["batch_size"], n_batches, cfg["test_examples"]
+    )
+    t_data = time.perf_counter() - t0
+    runner = Runner(cfg["width"], info.num_classes, cfg["momentum"], cfg["steps"])
+    # Skipped in --quick (one more compile); the test suite needs only the runs.
+    init = None if args.quick else init_analysis(runner, train, cfg["seeds"][0])
+    variant_runs = run_variants(cfg, runner, train, test)
+    sweep = run_sweep(cfg, runner, train, variant_runs.get("relu_scores"))
+
+    result = experiment.record(
+        argv,
+        experiment="gap_dead_relu",
+        config={
             **cfg,
             "num_classes": info.num_classes,
             "init": "torch_default",
             "loss": "multilabel_soft_margin",
             "optimizer": "SGD (optax via vggjax.optim.make_optimizer)",
+            "loop": "vggjax.experiment.train (vggjax.training.fit), every step's metrics",
         },
-        "data": {
+        data={
             "dataset": DATASET,
             "why": "PASCAL VOC 2007 (the seed's data, 20 classes) cannot be downloaded offline",
-            "description": "1-4 real handwritten digits (scikit-learn's 8x8 digits, upsampled) tiled in a 2x2 grid, "
-            "10-way multi-hot labels; 6,000 train / 1,500 test",
-            "train_batches": f"the first {n_batches} batches of the train split (shuffle seed 0, no augmentation), "
-            "identical for every run (cycled if a run is longer)",
+            "description": "1-4 real handwritten digits (scikit-learn's 8x8 digits, upsampled) "
+            "tiled in a 2x2 grid, 10-way multi-hot labels; 6,000 train / 1,500 test",
+            "train_batches": f"the first {n_batches} batches of the train split (shuffle seed 0, "
+            "no augmentation), identical for every run (cycled if a run is longer)",
             "test": f"first {cfg['test_examples']} test images",
         },
-        "labels": lab,
-        "init_analysis": init,
-        "checks": checks,
-        "variant_runs": variant_runs,
-        "lr_sweep": {"runs": sweep_runs, "median_updates_to_collapse_by_lr": med},
-        "seconds": {"data": t_data, "total": None},
-        "versions": versions(),
-        "plots": ["gap_dead_relu.png"] + (["gap_dead_relu_sweep.png"] if sweep_runs else []),
-    }
-    if "relu_scores" in variant_runs:
-        plot_main(result, os.path.join(args.out, "gap_dead_relu.png"))
-    if sweep_runs:
-        plot_sweep(result, os.path.join(args.out, "gap_dead_relu_sweep.png"))
-    result["seconds"]["total"] = time.perf_counter() - t0
-    dump_json(result, os.path.join(args.out, "result.json"))
-    print(
-        json.dumps(
-            {
-                "checks": checks,
-                "median_updates_to_collapse_by_lr": med,
-                "seconds": result["seconds"],
-            },
-            indent=2,
-        )
+        labels=label_stats(train),
+        init_analysis=init,
+        checks=checks(variant_runs),
+        variant_runs=variant_runs,
+        lr_sweep=sweep,
+        seconds={"data": t_data, "total": None},
     )
+    result["plots"] = make_plots(result, args.out)
+    result["seconds"]["total"] = time.perf_counter() - t0
+    experiment.write_result(result, args.out)
+    med = sweep["median_updates_to_collapse_by_lr"]
+    summary = {"checks": result["checks"], "median_updates_to_collapse_by_lr": med}
+    print(json.dumps({**summary, "seconds": result["seconds"]}, indent=2))
     return result
 
 

@@ -13,15 +13,14 @@ the run vs the median over the 10% right after warm-up; the peak after warm-up i
 reported too (both must stay within 5%). The default config at its own width (1/4);
 ``--width`` shrinks it for slower machines.
 
-    python experiments/soak.py                 # 2000 steps, ~7 min on 2 CPU cores
-    python experiments/soak.py --steps 300     # a quick look
+    python experiments/soak.py                 # 2000 steps, ~13 min on 2 shared CPU cores
+    python experiments/soak.py --quick         # 300 steps, a quick look
 
 Writes ``experiments/results/soak/result.json`` and ``soak_rss.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -33,9 +32,19 @@ import time
 import numpy as np
 import psutil
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-OUT = os.path.join(HERE, "results", "soak")
+from vggjax import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    p = experiment.parser(
+        __doc__, experiment.results_dir(__file__), quick="300 steps instead of 2000 (a quick look)"
+    )
+    p.add_argument("--steps", type=int, help="training steps (default 2000, 300 with --quick)")
+    p.add_argument("--width", type=float, default=0.25, help="model_options.width (config: 0.25)")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
+    return p.parse_args(argv)
 
 
 def last_step(path: str) -> int:
@@ -43,36 +52,17 @@ def last_step(path: str) -> int:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - 4096))
             lines = [
-                l
-                for l in f.read().decode(errors="ignore").splitlines()
-                if l.startswith("{") and l.endswith("}")
+                line
+                for line in f.read().decode(errors="ignore").splitlines()
+                if line.startswith("{") and line.endswith("}")
             ]
         return int(json.loads(lines[-1])["step"]) if lines else 0
     except (FileNotFoundError, ValueError, KeyError):
         return 0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument(
-        "--width",
-        type=float,
-        default=0.25,
-        help="model_options.width (the default config's is 0.25)",
-    )
-    ap.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
-    args = ap.parse_args()
-    os.makedirs(OUT, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix="vggjax-soak-")
-    cmd = [
-        sys.executable,
-        "-m",
-        "vggjax.train",
-        f"--workdir={workdir}",
-        f"--config.num_train_steps={args.steps}",
-        "--config.progress=False",
-    ] + ([f"--config.model_options.width={args.width}"] if args.width != 0.25 else [])
+def run_trainer(cmd: list[str], workdir: str, interval: float):
+    """Run ``cmd``, sampling its RSS every ``interval`` s: ``(samples, output, wall seconds)``."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.time()
     proc = subprocess.Popen(
@@ -87,31 +77,27 @@ def main() -> None:
         except psutil.NoSuchProcess:
             break
         samples.append((time.time() - t0, last_step(metrics_path), rss))
-        time.sleep(args.interval)
+        time.sleep(interval)
     output = proc.communicate()[0]
-    wall = time.time() - t0
     if proc.returncode != 0:
         sys.exit(f"the training run failed (rc {proc.returncode}):\n{output[-3000:]}")
+    return samples, output, time.time() - t0
 
+
+def memory_summary(samples: list, steps: int) -> dict:
+    """Baseline, end, peak and slope of the RSS after the warm-up (the first 10% of steps)."""
     t, step, rss = (np.array(x) for x in zip(*samples))
-    warm = int(0.1 * args.steps)
+    warm = int(0.1 * steps)
     after = step >= warm
-    base_win = after & (step < 2 * warm)
-    end_win = step >= args.steps - warm
-    baseline, end = float(np.median(rss[base_win])), float(np.median(rss[end_win]))
+    baseline = float(np.median(rss[after & (step < 2 * warm)]))
+    end = float(np.median(rss[step >= steps - warm]))
     peak_after = float(rss[after].max())
     growth = 100 * (end - baseline) / baseline
     peak_growth = 100 * (peak_after - baseline) / baseline
     # Least-squares slope over the post-warm-up samples, in MiB per 1000 steps.
-    slope = (
-        float(np.polyfit(step[after], rss[after], 1)[0] * 1000) if after.sum() > 2 else float("nan")
-    )
-    done = [l for l in output.splitlines() if l.startswith("done:")]
-    result = {
-        "claim": "after warm-up, the trainer's RSS grows by no more than 5% over a long run",
-        "command": " ".join(["python", "-m", "vggjax.train"] + cmd[3:]).replace(workdir, "WORKDIR"),
-        "steps": args.steps,
-        "width": args.width,
+    slope = float(np.polyfit(step[after], rss[after], 1)[0] * 1000) if after.sum() > 2 else np.nan
+    rate = round(steps / float(t[-1] - t[step > 0][0]), 2) if (step > 0).any() else None
+    return {
         "warmup_steps": warm,
         "samples": len(samples),
         "rss_mib_baseline_median_steps_%d_%d" % (warm, 2 * warm): round(baseline, 1),
@@ -122,41 +108,65 @@ def main() -> None:
         "peak_growth_percent": round(peak_growth, 2),
         "slope_mib_per_1000_steps": round(slope, 2),
         "passes_5_percent": bool(growth <= 5.0 and peak_growth <= 5.0),
-        "steps_per_second": round(args.steps / float(t[-1] - t[step > 0][0]), 2)
-        if (step > 0).any()
-        else None,
-        "wall_seconds": round(wall, 1),
-        "trainer_summary": done[-1].replace(workdir, "WORKDIR") if done else "",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        "steps_per_second": rate,
         "series": {
             "seconds": [round(x, 1) for x in t],
             "step": step.tolist(),
             "rss_mib": [round(x, 1) for x in rss],
         },
     }
-    with open(os.path.join(OUT, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict, path: str) -> None:
+    plt = experiment.pyplot()
+    s, warm, growth = result["series"], result["warmup_steps"], result["growth_percent"]
+    baseline = result["rss_mib_baseline_median_steps_%d_%d" % (warm, 2 * warm)]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.plot(step, rss, lw=1, label="RSS")
+    ax.plot(s["step"], s["rss_mib"], lw=1, label="RSS")
     ax.axvspan(0, warm, color="0.9", label="warm-up")
     ax.axhline(baseline, color="k", ls=":", lw=1, label=f"baseline {baseline:.0f} MiB")
     ax.axhline(baseline * 1.05, color="r", ls="--", lw=1, label="+5%")
     ax.set(
         xlabel="training step",
         ylabel="resident memory (MiB)",
-        title=f"vggjax.train, default config (width {args.width}), {args.steps} steps: RSS {growth:+.1f}% after warm-up",
+        title=f"vggjax.train, default config (width {result['width']}), {result['steps']} steps: "
+        f"RSS {growth:+.1f}% after warm-up",
     )
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(OUT, "soak_rss.png"), dpi=110)
+    experiment.save_figure(fig, path, dpi=110)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    steps = args.steps or (300 if args.quick else 2000)
+    os.makedirs(args.out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="vggjax-soak-")
+    trainer = ["-m", "vggjax.train", f"--workdir={workdir}", f"--config.num_train_steps={steps}"]
+    trainer += ["--config.progress=False"]
+    if args.width != 0.25:
+        trainer.append(f"--config.model_options.width={args.width}")
+    samples, output, wall = run_trainer([sys.executable, *trainer], workdir, args.interval)
+    done = [line for line in output.splitlines() if line.startswith("done:")]
+    memory = memory_summary(samples, steps)
+    series = memory.pop("series")
+    result = experiment.record(
+        argv,
+        claim="after warm-up, the trainer's RSS grows by no more than 5% over a long run",
+        trainer_command=" ".join(["python", *trainer]).replace(workdir, "WORKDIR"),
+        steps=steps,
+        width=args.width,
+        **memory,
+        wall_seconds=round(wall, 1),
+        trainer_summary=done[-1].replace(workdir, "WORKDIR") if done else "",
+        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}",
+        series=series,
+    )
+    plot(result, os.path.join(args.out, "soak_rss.png"))
+    result["plots"] = ["soak_rss.png"]
+    experiment.write_result(result, args.out)
     print(json.dumps({k: v for k, v in result.items() if k != "series"}, indent=1))
+    return result
 
 
 if __name__ == "__main__":

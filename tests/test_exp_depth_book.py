@@ -109,3 +109,48 @@ def test_book_nets_trains_and_writes(book_nets):
     assert "vggjax_digits2" in on_disk["data"]
     for name in on_disk["plots"]:
         assert (out / name).stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def test_shuffled_batches_draw_one_permutation_per_epoch_and_drop_the_rest():
+    import numpy as np
+
+    from vggjax import experiment
+
+    x, y = np.arange(10, dtype=np.float32)[:, None], np.arange(10, dtype=np.int32)
+    stream = experiment.shuffled_batches(x, y, 4, np.random.RandomState(3))
+    got = [next(stream)["label"] for _ in range(4)]  # 2 full batches per epoch, 2 left over
+    rng = np.random.RandomState(3)
+    want = [p[i : i + 4] for p in (rng.permutation(10), rng.permutation(10)) for i in (0, 4)]
+    assert all((g == w).all() for g, w in zip(got, want))
+    assert experiment.moving_average([1, 2, 3, 4], 2).tolist() == [1.5, 2.5, 3.5]
+
+
+def test_train_stops_after_the_fetch_where_stop_holds_and_keeps_every_step():
+    import jax.numpy as jnp
+
+    from vggjax import experiment
+
+    def step(state, batch):
+        new = state + batch
+        return new, {"loss": jnp.where(new > 2.5, jnp.nan, new)}
+
+    seen = []
+    run = experiment.train(
+        jnp.float32(0),
+        step,
+        iter([jnp.float32(1)] * 10),
+        10,
+        log_every=4,
+        stop=lambda s, m: seen.append(s) or not math.isfinite(m["loss"]),
+        probe=lambda s, state: float(state),
+        probe_every=1,
+        probe_at_start=True,
+    )
+    # step 3 is the first NaN; the loop stops after the fetch of steps 1-4, which it keeps.
+    assert run.steps == [1, 2, 3, 4] and seen == [1, 2, 3] and run.stopped == "stop"
+    assert run.at(2) == {"loss": 2.0} and math.isnan(run.lists()["loss"][2])
+    assert [s for s, _ in run.probes] == [0, 1, 2, 3, 4] and float(run.state) == 4.0
+    assert run.first_step_seconds is not None and run.first_step_seconds <= run.seconds

@@ -95,7 +95,7 @@ def test_init_study_zero_init_is_exactly_stuck(init_study):
     for variant in ("faithful", "corrected"):
         run = result["runs"][f"zeros/{variant}"]
         assert len(run["loss"]) == 10
-        assert max(abs(l - LN3) for l in run["loss"]) < 1e-6
+        assert max(abs(v - LN3) for v in run["loss"]) < 1e-6
         assert all(
             v == 0.0 for v in run["conv1_max_abs"] + run["conv2_max_abs"]
         )  # exactly, every iteration
