@@ -293,14 +293,15 @@ def test_trainer_reports_findings_at_step_0_and_a_plateau_while_training(tmp_pat
     from vggjax import training
 
     workdir = tmp_path / "b3"
-    config = _default(batch_size=3, num_train_steps=240, **{"optim.warmup_epochs": 0.0})
+    config = _default(batch_size=3, num_train_steps=600)  # the warm-up (479 steps) as the default
     training.train_and_evaluate(config, str(workdir))
     found = [json.loads(line) for line in open(workdir / "metrics.jsonl") if '"finding"' in line]
     assert [f["finding"] for f in found] == ["plateau"] and found[0]["step"] >= 50
     assert "constant-prediction loss 2.3026" in found[0]["message"]
     zero = tmp_path / "zero"
     config = _default(
-        num_train_steps=2, **{"model_options.init": "zeros", "model_options.width": 0.0625}
+        num_train_steps=2,
+        **{"model_options.init": "zeros", "model_options.width": 0.0625, "optim.warmup_epochs": 0.0},
     )
     training.train_and_evaluate(config, str(zero))
     found = [json.loads(line) for line in open(zero / "metrics.jsonl") if '"finding"' in line]
@@ -309,7 +310,7 @@ def test_trainer_reports_findings_at_step_0_and_a_plateau_while_training(tmp_pat
     config = _default(
         num_train_steps=2,
         check_trainability=False,
-        **{"model_options.init": "zeros", "model_options.width": 0.0625},
+        **{"model_options.init": "zeros", "model_options.width": 0.0625, "optim.warmup_epochs": 0.0},
     )
     training.train_and_evaluate(config, str(off))
     assert not any('"finding"' in line for line in open(off / "metrics.jsonl"))

@@ -182,13 +182,36 @@ def measure(
     )
     return {
         "loss": loss,
-        "stats": diagnostics.layer_stats(params, grads, feats),
+        "stats": _layer_stats(grads, feats),
         "signal": {k: _signal(v) for k, v in feats.items() if hasattr(v, "ndim") and v.ndim >= 2},
         "kernels": {
             k: (jnp.std(v), jnp.all(v == 0), jnp.all(g == 0)) for k, (v, g) in kernels.items()
         },
         "logits": (*_signal(logits), jnp.min(logits)),
     }
+
+
+def _layer_stats(grads: Any, feats: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The few statistics the check needs, named as :func:`vggjax.diagnostics.layer_stats` names
+    them (``act_std/``, ``dead_frac/``, ``grad_norm/``, ``global_grad_norm``); a lean set keeps the
+    check's compile short."""
+    out: dict[str, jax.Array] = {}
+    for name, x in feats.items():
+        if not (hasattr(x, "ndim") and x.ndim >= 2):
+            continue
+        x = x.astype(jnp.float32)
+        out[f"act_std/{name}"] = jnp.std(x)
+        if diagnostics.default_is_relu(name):
+            peak = jnp.max(jnp.abs(x), axis=tuple(range(x.ndim - 1)))
+            out[f"dead_frac/{name}"] = jnp.mean((peak == 0).astype(jnp.float32))
+    squares: dict[str, list[jax.Array]] = collections.defaultdict(list)
+    for path, g in diagnostics._flatten(grads):
+        g = g.astype(jnp.float32).ravel()
+        squares[diagnostics._split(path)[0]].append(jnp.vdot(g, g))
+    for layer, sq in squares.items():
+        out[f"grad_norm/{layer}"] = jnp.sqrt(sum(sq))
+    out["global_grad_norm"] = jnp.sqrt(sum(sum(sq) for sq in squares.values()))
+    return out
 
 
 def _kernels(state: Any) -> list[tuple[tuple[str, ...], jax.Array]]:
@@ -247,14 +270,18 @@ def check(model: nnx.Module, batch: dict[str, Any], loss_name: str, num_classes:
     graphdef, state = nnx.split(model)
     static: dict[str, Any] = {}
 
-    @jax.jit
     def run(state, batch):
         m = nnx.merge(graphdef, state, copy=True)
         m.train()
         m.set_attributes(nnx.Dropout, deterministic=True, raise_if_not_found=False)
         return measure(m, batch, loss_name, static)
 
-    raw = jax.device_get(run(state, {k: jnp.asarray(v) for k, v in batch.items()}))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    # Run once: on XLA:CPU the backend's optimisations cost more compile time than they save
+    # (about half of the check's compile for the quickstart model); other backends as usual.
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    compiled = jax.jit(run).lower(state, batch).compile(options)
+    raw = jax.device_get(compiled(state, batch))
     layers = _layers(raw, static)
     signal, spread, logits_min = (float(v) for v in raw["logits"])
     report = Report(
