@@ -122,7 +122,7 @@ def versions() -> dict:
 
 
 def load_digits3(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """All examples of ``split`` of vggjax_digits classes 0, 1, 2 as 60×60×3 float32 + int32 labels."""
+    """All of ``split`` of vggjax_digits classes 0, 1, 2: 60×60×3 float32 images, int32 labels."""
     from vggjax.data import load
 
     kw = dict(global_batch_size=128, train=False, image_size=60, channels=3, data_dir=data_dir)
@@ -156,7 +156,10 @@ def batches(n: int, batch: int, seed: int):
 
 
 def build_model(spec: dict, width: float, dropout: float, seed: int) -> OverFeatSlim:
-    """OverFeatSlim with the seed's initialisers (head std scaled to keep std·√fan_in) and ``spec``'s changes."""
+    """OverFeatSlim with the seed's initialisers and ``spec``'s changes.
+
+    The head std is scaled by 1/√width to keep std·√fan_in.
+    """
     std = HEAD_STD / math.sqrt(width)
     init = {
         "fc6": f"trunc_normal({std:.6g})",
@@ -495,7 +498,8 @@ def main(argv=None) -> dict:
         "test": load_digits3("test", args.data_dir),
     }
     print(
-        f"data: train {data['train'][0].shape} test {data['test'][0].shape} ({time.time() - t0:.0f}s)",
+        f"data: train {data['train'][0].shape} test {data['test'][0].shape} "
+        f"({time.time() - t0:.0f}s)",
         flush=True,
     )
 
@@ -504,13 +508,15 @@ def main(argv=None) -> dict:
         runs[name] = r = run_one(name, RUNS[name], args, data, width, batch, steps, probe_n)
         print(
             f"{name:>28s}: loss {r['initial_loss']:.4f} -> {r['final_loss_ma']:.4f} (ma{WINDOW}), "
-            f"exit {r['plateau_exit_step']}, test acc {r['test']['accuracy']:.3f}, {r['seconds']}s",
+            f"exit {r['plateau_exit_step']}, test acc {r['test']['accuracy']:.3f}, "
+            f"{r['seconds']}s",
             flush=True,
         )
 
     result: dict = {
         "experiment": "overfeat_1x1",
-        "claim": "seed 003: adding a second 1x1 conv (fc7_1) to slim-OverFeat's head makes the loss stick near ln 3",
+        "claim": "seed 003: adding a second 1x1 conv (fc7_1) to slim-OverFeat's head makes the "
+        "loss stick near ln 3",
         "command": " ".join(
             ["experiments/overfeat_1x1.py"] + (sys.argv[1:] if argv is None else list(argv))
         ),
@@ -520,9 +526,10 @@ def main(argv=None) -> dict:
             "batch_size": batch,
             "steps": steps,
             "seed": args.seed,
-            "head_init": f"trunc_normal({HEAD_STD}/sqrt(width)) = {HEAD_STD / math.sqrt(width):.6g} for fc6, fc7*, fc9 "
-            "(keeps std*sqrt(fan_in), each layer's gain, equal to the seed-size net's); bias 0.1 on fc6/fc7*, 0 elsewhere; "
-            "other convs xavier_uniform, bias 0",
+            "head_init": f"trunc_normal({HEAD_STD}/sqrt(width)) = "
+            f"{HEAD_STD / math.sqrt(width):.6g} for fc6, fc7*, fc9 "
+            "(keeps std*sqrt(fan_in), each layer's gain, equal to the seed-size net's); "
+            "bias 0.1 on fc6/fc7*, 0 elsewhere; other convs xavier_uniform, bias 0",
             "reduced_size": None
             if mode == "full"
             else f"width {width} (channels x{width}) to fit 2 CPU cores; --full for width 1",
@@ -531,21 +538,27 @@ def main(argv=None) -> dict:
                 "adam_lr": args.adam_lr,
                 "sgd_lr": args.sgd_lr,
                 "sgd_momentum": 0.9,
-                "weight_decay": f"{WEIGHT_DECAY} coupled (L2 in the gradient), conv kernels only (slim weights_regularizer)",
-                "why": "the seed states no optimizer; its inference() wrapper is facenet's, whose train_softmax.py defaults to "
-                "Adagrad(lr 0.1, initial accumulator 0.1) with keep_probability 1.0 - with gradients this small "
-                "Adagrad is plain SGD at lr ~0.3 (step = lr*g/sqrt(0.1 + sum g^2)). So the main runs use SGD "
-                "(momentum 0.9, lr --sgd-lr); '/adam' runs use Adam with decoupled decay (AdamW), "
-                "'/adam_l2' Adam with the slim-style coupled L2, to show how much the optimizer matters",
+                "weight_decay": f"{WEIGHT_DECAY} coupled (L2 in the gradient), conv kernels "
+                "only (slim weights_regularizer)",
+                "why": "the seed states no optimizer; its inference() wrapper is facenet's, "
+                "whose train_softmax.py defaults to Adagrad(lr 0.1, initial accumulator 0.1) "
+                "with keep_probability 1.0 - with gradients this small Adagrad is plain SGD "
+                "at lr ~0.3 (step = lr*g/sqrt(0.1 + sum g^2)). So the main runs use SGD "
+                "(momentum 0.9, lr --sgd-lr); '/adam' runs use Adam with decoupled decay "
+                "(AdamW), '/adam_l2' Adam with the slim-style coupled L2, to show how much "
+                "the optimizer matters",
             },
             "dropout_rate": args.dropout,
-            "source_bugs_runs": "conv12_reads_input, pool_in_train_only, dropout_on_logits all True (faithful); other runs corrected. "
+            "source_bugs_runs": "conv12_reads_input, pool_in_train_only, dropout_on_logits "
+            "all True (faithful); other runs corrected. "
             "With dropout rate 0 (keep_prob 1.0) dropout_on_logits changes nothing",
-            "data": "vggjax_digits (scikit-learn's real 8x8 handwritten digits, embedded) classes 0,1,2 via vggjax.data.load"
+            "data": "vggjax_digits (scikit-learn's real 8x8 handwritten digits, embedded) "
+            "classes 0,1,2 via vggjax.data.load"
             f"(classes=(0,1,2), image_size=60, channels=3): train {len(data['train'][1])} images "
             f"{np.bincount(data['train'][1]).tolist()}, test {len(data['test'][1])}",
             "plateau_exit": f"first step whose trailing {WINDOW}-step mean train loss < 0.95 ln 3",
-            "probe": f"first {probe_n} training images; 'ratio' = std across images of a layer's per-image mean output / |mean|",
+            "probe": f"first {probe_n} training images; 'ratio' = std across images of a "
+            "layer's per-image mean output / |mean|",
         },
         "runs": runs,
         "versions": versions(),

@@ -1,4 +1,6 @@
-"""The init-study (seed 004) and OverFeat-1×1 (seed 003) experiments in quick mode, and accumulate_gradients.
+"""The init-study (seed 004) and OverFeat-1×1 (seed 003) experiments in quick mode.
+
+Also accumulate_gradients.
 
 The experiment tests run each script's ``main(["--quick", ...])`` in-process (module-scoped
 fixtures, one run per script); they are marked slow (end-to-end) but still run in CI.
@@ -135,7 +137,7 @@ def test_init_study_accumulation_and_torch_parity(init_study):
         assert (out / f).stat().st_size > 0
 
 
-# --------------------------------------------------------------------------- OverFeat 1x1 (seed 003)
+# ------------------------------------------------------------------------ OverFeat 1x1 (seed 003)
 
 
 @pytest.fixture(scope="module")

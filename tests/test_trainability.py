@@ -301,7 +301,11 @@ def test_trainer_reports_findings_at_step_0_and_a_plateau_while_training(tmp_pat
     zero = tmp_path / "zero"
     config = _default(
         num_train_steps=2,
-        **{"model_options.init": "zeros", "model_options.width": 0.0625, "optim.warmup_epochs": 0.0},
+        **{
+            "model_options.init": "zeros",
+            "model_options.width": 0.0625,
+            "optim.warmup_epochs": 0.0,
+        },
     )
     training.train_and_evaluate(config, str(zero))
     found = [json.loads(line) for line in open(zero / "metrics.jsonl") if '"finding"' in line]
@@ -310,7 +314,11 @@ def test_trainer_reports_findings_at_step_0_and_a_plateau_while_training(tmp_pat
     config = _default(
         num_train_steps=2,
         check_trainability=False,
-        **{"model_options.init": "zeros", "model_options.width": 0.0625, "optim.warmup_epochs": 0.0},
+        **{
+            "model_options.init": "zeros",
+            "model_options.width": 0.0625,
+            "optim.warmup_epochs": 0.0,
+        },
     )
     training.train_and_evaluate(config, str(off))
     assert not any('"finding"' in line for line in open(off / "metrics.jsonl"))

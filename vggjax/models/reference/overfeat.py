@@ -1,4 +1,6 @@
-"""Reference case 003: the slim OverFeat with 1×1-conv heads (60×60, 3 classes), source bugs behind flags."""
+"""Reference case 003: the slim OverFeat with 1×1-conv heads (60×60, 3 classes).
+
+The source's bugs sit behind flags."""
 
 from __future__ import annotations
 
