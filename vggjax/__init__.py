@@ -12,23 +12,8 @@ from vggjax import errors, initializers, ops
 from vggjax.errors import VggjaxError
 from vggjax.freeze import Frozen, freeze, unfreeze
 from vggjax.layers import adaptive_avg_pool
-from vggjax.models import (
-    ARCHS,
-    CFGS,
-    VGG,
-    ConvHead,
-    FCHead,
-    GAPHead,
-    build,
-    vgg11,
-    vgg11_bn,
-    vgg13,
-    vgg13_bn,
-    vgg16,
-    vgg16_bn,
-    vgg19,
-    vgg19_bn,
-)
+from vggjax.models import ARCHS, CFGS, VGG, ConvHead, FCHead, GAPHead, build
+from vggjax.models.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 
 __all__ = [
     "ARCHS",
@@ -50,15 +35,9 @@ __all__ = [
     "ops",
     "summary",
     "unfreeze",
-    "vgg11",
-    "vgg11_bn",
-    "vgg13",
-    "vgg13_bn",
-    "vgg16",
-    "vgg16_bn",
-    "vgg19",
-    "vgg19_bn",
 ]
+# The builders, one per row of ARCHS.
+__all__ += ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 
 __version__ = "0.1.0"
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from vggjax.tfenv import quiet_tensorflow
+
+quiet_tensorflow()  # before anything imports TensorFlow (the input pipeline)
 
 import numpy as np  # noqa: E402
 

@@ -35,3 +35,15 @@ class CheckpointError(VggjaxError):
 def one_of(kind: str, name: object, valid) -> VggjaxError:
     """Return the error for an unknown ``name`` of a ``kind``, listing the ``valid`` ones."""
     return ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(map(str, valid)))}")
+
+
+def check_rate(name: str, value: float) -> None:
+    """ConfigError unless ``value`` is a drop rate, in [0, 1) (1 would drop everything)."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def check_count(name: str, value: int) -> None:
+    """ConfigError unless ``value`` (a number of layers or blocks) is >= 0."""
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")

@@ -40,7 +40,11 @@ def _masked_mean(values: jax.Array, mask: jax.typing.ArrayLike | None) -> jax.Ar
     return jnp.where(total > 0, jnp.sum(values * mask) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def _check_int_labels(logits: jax.Array, labels: jax.Array, fn: str) -> None:
+def _int_labels(
+    logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, fn: str
+) -> tuple[jax.Array, jax.Array]:
+    """float32 ``logits`` and integer ``labels`` of ``fn``'s shapes, or a ShapeError."""
+    logits, labels = _f32(logits), jnp.asarray(labels)
     if labels.shape != logits.shape[:-1]:
         raise ShapeError(
             f"{fn}: labels shape {labels.shape} must equal logits shape {logits.shape} "
@@ -48,6 +52,7 @@ def _check_int_labels(logits: jax.Array, labels: jax.Array, fn: str) -> None:
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ShapeError(f"{fn}: labels must be integer class ids, got dtype {labels.dtype}")
+    return logits, labels
 
 
 def softmax_cross_entropy(
@@ -63,8 +68,7 @@ def softmax_cross_entropy(
     last: ``(N, C)`` vs ``(N,)``, or ``(N, H, W, C)`` vs ``(N, H, W)`` for torch's
     ``(N, C, H, W)``. Returns a float32 scalar (nats per valid element).
     """
-    logits, labels = _f32(logits), jnp.asarray(labels)
-    _check_int_labels(logits, labels, "softmax_cross_entropy")
+    logits, labels = _int_labels(logits, labels, "softmax_cross_entropy")
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     if label_smoothing:
@@ -123,8 +127,7 @@ def accuracy(
     ``logits (..., C)``, integer ``labels (...)``; ``k=1`` is plain accuracy (ties go
     to the lowest class index, as ``argmax``).
     """
-    logits, labels = _f32(logits), jnp.asarray(labels)
-    _check_int_labels(logits, labels, "accuracy")
+    logits, labels = _int_labels(logits, labels, "accuracy")
     if k == 1:
         hit = jnp.argmax(logits, axis=-1) == labels
     else:

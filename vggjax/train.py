@@ -20,10 +20,9 @@ import os
 import sys
 from typing import NoReturn
 
-# Before anything imports TensorFlow (the input pipeline): keep its C++ logs quiet, and its
-# oneDNN notice (4 lines on every run; TF only decodes and crops images here).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from vggjax.tfenv import quiet_tensorflow
+
+quiet_tensorflow()  # before anything imports TensorFlow (the input pipeline)
 
 from vggjax import hostmem, parallel  # noqa: E402
 from vggjax.errors import VggjaxError  # noqa: E402

@@ -45,13 +45,12 @@ versions, XLA flags, devices, and the load average at start and end (the numbers
 comparable when the machine was otherwise idle).
 """
 
-import os
+# ruff: noqa: E402 - the imports below come after quiet_tensorflow(), on purpose.
+from vggjax.tfenv import quiet_tensorflow
 
-# TensorFlow only feeds the input pipeline (and is asked its version): keep its notices out.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+quiet_tensorflow()  # before anything imports TensorFlow (the input pipeline)
 
-from vggjax.bench.cli import main, parse_variant, run  # noqa: E402
+from vggjax.bench.cli import main, parse_variant, run
 from vggjax.bench.profile import conv_layer_shapes, conv_profile, pipeline_bench, pool_profile
 from vggjax.bench.report import (
     markdown_table,

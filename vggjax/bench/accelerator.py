@@ -173,11 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record: dict[str, Any] = {
         "command": "python -m vggjax.bench --accelerator " + " ".join(getattr(args, "argv", [])),
         "config": {
-            "arch": args.arch,
-            "size": args.size,
-            "batch": args.batch,
-            "steps": args.steps,
-            "width": args.width,
+            **timing.run_config(args),
             "batch_note": "batch 256: the VGG paper's; "
             "the peak device memory of each contender is recorded",
         },

@@ -233,23 +233,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     own_cache = not args.cache_dir
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="vggjax-bench-cache-")
     try:
-        config = step.bench_config(
-            args.arch,
-            args.size,
-            args.batch,
-            width=args.width,
-            dtype=args.dtype,
-            cache_dir=cache_dir,
-            compute=args.compute,
-        )
+        config = _bench_config(args, cache_dir)
         record: dict[str, Any] = {
             "command": "python -m vggjax.bench " + " ".join(sys.argv[1:]),
             "config": {
-                "arch": args.arch,
-                "size": args.size,
-                "batch": args.batch,
-                "steps": args.steps,
-                "width": args.width,
+                **timing.run_config(args),
                 "dtype": args.dtype,
                 "compute": str(args.compute),
                 "head": "fc",
@@ -295,18 +283,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def _first_step_only(args: argparse.Namespace) -> dict[str, Any]:
-    """The warm-cache probe: build and run one step against ``--cache-dir``; times only."""
-    config = step.bench_config(
+def _bench_config(args: argparse.Namespace, cache_dir: str):
+    """The step's config from the command line's model, input and compute options."""
+    return step.bench_config(
         args.arch,
         args.size,
         args.batch,
         width=args.width,
         dtype=args.dtype,
-        cache_dir=args.cache_dir,
+        cache_dir=cache_dir,
         compute=args.compute,
     )
-    c = step.compile_step(config)
+
+
+def _first_step_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The warm-cache probe: build and run one step against ``--cache-dir``; times only."""
+    c = step.compile_step(_bench_config(args, args.cache_dir))
     return {k: c[k] for k in ("trace_lower_s", "compile_s", "first_run_s", "first_step_s")}
 
 

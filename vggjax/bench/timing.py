@@ -131,6 +131,17 @@ def git_state() -> dict[str, Any]:
     return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
+def run_config(args: Any) -> dict[str, Any]:
+    """The model and timing options of a benchmark command line, first in its record's config."""
+    return {
+        "arch": args.arch,
+        "size": args.size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "width": args.width,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, ISA flags of interest, cores, memory, library versions, XLA flags."""
     import jax

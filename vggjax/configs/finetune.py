@@ -27,19 +27,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 224
     config.channels = 3
     config.normalize = "imagenet"
-    config.batch_size = 64
     config.model = "vgg16"
     config.model_options = ml_collections.ConfigDict(
         # fc's 7x7 pooling and fc_conv's 7x7 fc6 are the heads' defaults, so either head works here.
         dict(width=1.0, head="fc", head_options=dict(hidden=4096), init="torchvision", dropout=0.5)
     )
     config.freeze = ("features/*",)
-    config.init_from = ""  # the --output of `python -m vggjax.convert` (or another run's workdir)
+    # config.init_from (default ""): the --output of `python -m vggjax.convert`, or another run's
+    # workdir. Batch 64, momentum 0.9, weight decay 5e-4 and warmup-cosine are default.py's.
     config.optim.learning_rate = 1e-3
-    config.optim.momentum = 0.9
     config.optim.nesterov = False
-    config.optim.weight_decay = 5e-4
-    config.optim.schedule = "warmup_cosine"
     config.optim.warmup_epochs = 0.5
     config.num_epochs = 10
     config.checkpoint_every_steps = 500

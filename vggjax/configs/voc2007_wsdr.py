@@ -28,15 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "wsdr"
     config.model_options = ml_collections.ConfigDict(dict(score_relu=True, fc=False))
     config.loss = "multilabel_soft_margin"
+    # SGD with default.py's momentum 0.9 and weight decay 5e-4, on every parameter.
     config.optim.learning_rate = 1e-3
-    config.optim.momentum = 0.9
     config.optim.nesterov = False
-    config.optim.weight_decay = 5e-4
     config.optim.weight_decay_mask = "all"
     config.optim.schedule = "constant"
     config.optim.warmup_epochs = 0.0
     config.num_epochs = 30
-    config.log_every_steps = 10
     config.checkpoint_every_steps = 1000
     config.diagnostics.enabled = True
     config.diagnostics.every_steps = 10

@@ -42,6 +42,8 @@ _CITATION = """@misc{optdigits,
   year = {1998},
   howpublished = {UCI Machine Learning Repository, doi:10.24432/C50P49}
 }"""
+# The module docstring's first paragraph, the description of ``vggjax_digits``.
+_MODULE_SUMMARY = __doc__.split("\n\n")[0]
 _HOMEPAGE = "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset"
 
 
@@ -126,20 +128,22 @@ class _EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     code_path = epath.Path(__file__)
 
 
-class VggjaxDigits(_EmbeddedBuilder):
-    """scikit-learn's 1,797 handwritten digits, 8×8×1 uint8, 10 classes, 1,438/359 split."""
+class _DigitsSplitBuilder(_EmbeddedBuilder, skip_registration=True):
+    """Shared base of the single-label digit sets: 8×8×1 images, a class label and the source row
+    ``id``, over the stratified split of :func:`_splits`. A subclass names its classes
+    (``_class_names``) and says which examples it keeps and how it labels them
+    (``_generate_examples``)."""
 
-    name = "vggjax_digits"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: stratified 80/20 split, seed 0."}
+    _description: str
+    _class_names: list[str]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            description=__doc__.split("\n\n")[0],
+            description=self._description,
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(8, 8, 1), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
+                    "label": tfds.features.ClassLabel(names=self._class_names),
                     "id": tfds.features.Scalar(dtype=np.int64),
                 }
             ),
@@ -153,37 +157,29 @@ class VggjaxDigits(_EmbeddedBuilder):
         images, labels, splits = _splits()
         return {s: self._generate_examples(images, labels, idx) for s, idx in splits.items()}
 
+
+class VggjaxDigits(_DigitsSplitBuilder):
+    """scikit-learn's 1,797 handwritten digits, 8×8×1 uint8, 10 classes, 1,438/359 split."""
+
+    name = "vggjax_digits"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: stratified 80/20 split, seed 0."}
+    _description = _MODULE_SUMMARY
+    _class_names = [str(d) for d in range(10)]
+
     def _generate_examples(self, images, labels, indices):
         for i in indices:
             yield int(i), {"image": images[i], "label": int(labels[i]), "id": int(i)}
 
 
-class VggjaxDigits2(_EmbeddedBuilder):
+class VggjaxDigits2(_DigitsSplitBuilder):
     """Digits 3 vs 8 from ``vggjax_digits`` (same split), labels 0/1, 285/72 examples."""
 
     name = "vggjax_digits2"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: classes 3 (label 0) and 8 (label 1)."}
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="Two-class (3 vs 8) subset of scikit-learn's handwritten digits.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(8, 8, 1), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=[str(d) for d in DIGITS2_CLASSES]),
-                    "id": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage=_HOMEPAGE,
-            citation=_CITATION,
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        images, labels, splits = _splits()
-        return {s: self._generate_examples(images, labels, idx) for s, idx in splits.items()}
+    _description = "Two-class (3 vs 8) subset of scikit-learn's handwritten digits."
+    _class_names = [str(d) for d in DIGITS2_CLASSES]
 
     def _generate_examples(self, images, labels, indices):
         for i in indices:

@@ -34,12 +34,6 @@ __all__ = [
     "build",
     "make_head",
     "registry",
-    "vgg11",
-    "vgg11_bn",
-    "vgg13",
-    "vgg13_bn",
-    "vgg16",
-    "vgg16_bn",
-    "vgg19",
-    "vgg19_bn",
 ]
+# The builders, one per row of ARCHS (vggjax itself re-exports them too).
+__all__ += ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]

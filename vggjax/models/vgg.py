@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vggjax import initializers, layers
-from vggjax.errors import ConfigError, one_of
+from vggjax.errors import ConfigError, check_rate, one_of
 from vggjax.models import registry
 from vggjax.models.heads import make_head
 from vggjax.ops import Policy
@@ -200,8 +200,7 @@ class VGG(nnx.Module):
             raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
         if not width > 0:
             raise ConfigError(f"width must be > 0, got {width!r}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_rate("dropout", dropout)
         rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
         self.compute = compute = Policy.parse(compute)
         self.name = name

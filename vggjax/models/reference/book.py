@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vggjax import initializers, layers
-from vggjax.errors import ConfigError
+from vggjax.errors import check_count, check_rate
 from vggjax.models.reference.common import (
     batch_norm,
     conv3,
@@ -36,15 +36,45 @@ Array = jax.Array
 
 class _BookNet(nnx.Module):
     """Shared plumbing of the CIFAR-2 nets: layer options, PyTorch's default init, input check,
-    and the two halves every one of them has (conv blocks, then fc1 → act → fc2)."""
+    and the two halves every one of them has (conv blocks, then fc1 → act → fc2).
 
-    def _start(self, rngs, dtype, param_dtype, compute) -> tuple[nnx.Rngs, dict[str, Any]]:
+    ``__init__`` is the ``(n_chans1, num_classes)`` constructor of :class:`NetWidth`,
+    :class:`NetBatchNorm`, :class:`NetDepth` and :class:`NetRes`; the nets with other
+    positional options spell out their own signature (it is what the docs, ``help()`` and the
+    model registry show) and pass it on to :meth:`_build`.
+    """
+
+    def __init__(
+        self,
+        n_chans1: int = 32,
+        num_classes: int = 2,
+        *,
+        init: initializers.InitSpec = "torch_default",
+        bias_init: initializers.InitSpec | None = None,
+        dtype=None,
+        param_dtype=jnp.float32,
+        compute: Policy | str = "auto",
+        rngs: nnx.Rngs | int = 0,
+    ):
+        self._build(n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs)
+
+    def _build(
+        self, n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch
+    ) -> None:
+        """The conv blocks (:meth:`_blocks`, given the net's own ``arch`` options), fc1 and fc2,
+        then the initialisation."""
         rngs = rngs_of(rngs)
         self.compute = Policy.parse(compute)
-        return rngs, layer_kw(rngs, dtype, param_dtype)
-
-    def _finish(self, init, bias_init, rngs: nnx.Rngs) -> None:
+        self.n_chans1 = n_chans1
+        kw = layer_kw(rngs, dtype, param_dtype)
+        flat = self._blocks(kw, rngs, **arch)
+        self.fc1 = layers.linear(flat, 32, **kw)
+        self.fc2 = layers.linear(32, num_classes, **kw)
         initializers.apply(self, init, bias_init, rngs=rngs, default_init="torch_default")
+
+    def _blocks(self, kw: dict[str, Any], rngs: nnx.Rngs, **arch) -> int:
+        """Create the conv blocks; return the width of their flattened output (fc1's input)."""
+        raise NotImplementedError
 
     def _check(self, x: Array) -> None:
         layers.check_input(x, channels=3, min_size=1, name=type(self).__name__, why="")
@@ -52,10 +82,9 @@ class _BookNet(nnx.Module):
     def _pool(self, f: dict, name: str, x: Array) -> Array:
         return rec(f, name, layers.max_pool(x, compute=self.compute))
 
-    def _fc(
-        self, f: dict, x: Array, act: Callable, act_name: str, *, expected: int, why: str
-    ) -> Array:
+    def _fc(self, f: dict, x: Array, act: Callable, act_name: str, *, why: str) -> Array:
         """flatten → fc1 → act → fc2 (the classifier of every book net)."""
+        expected = self.fc1.in_features
         x = flatten(x, f, expected=expected, name=type(self).__name__, why=why)
         x = rec(f, "fc1", self.fc1(x))
         x = rec(f, act_name, act(x))
@@ -66,37 +95,21 @@ class _TwoTanhBlocks(_BookNet):
     """conv1 → [BN] → tanh → pool → [Dropout2d] → conv2 → [BN] → tanh → pool → [Dropout2d] → fc1
     → tanh → fc2."""
 
-    def __init__(
-        self,
-        n_chans1: int,
-        num_classes: int,
-        *,
-        batch_norm_layers: bool = False,
-        dropout: float | None = None,
-        why: str = "8*8*(n_chans1//2)",
-        init,
-        bias_init,
-        dtype,
-        param_dtype,
-        compute,
-        rngs,
-    ):
-        rngs, kw = self._start(rngs, dtype, param_dtype, compute)
-        self.n_chans1 = n_chans1
+    batch_norm_layers = False
+
+    def _blocks(self, kw, rngs, *, dropout: float | None = None, why: str = "8*8*(n_chans1//2)"):
         self.why = why
-        chans = (3, n_chans1, n_chans1 // 2)
+        chans = (3, self.n_chans1, self.n_chans1 // 2)
         for i in (1, 2):
             setattr(self, f"conv{i}", conv3(chans[i - 1], chans[i], kw, self.compute))
-            if batch_norm_layers:
+            if self.batch_norm_layers:
                 setattr(self, f"conv{i}_batchnorm", batch_norm(chans[i], kw))
             if dropout is not None:
                 # Dropout2d zeroes whole channels: the mask is broadcast over H and W.
                 setattr(
                     self, f"conv{i}_dropout", nnx.Dropout(dropout, broadcast_dims=(1, 2), rngs=rngs)
                 )
-        self.fc1 = layers.linear(8 * 8 * (n_chans1 // 2), 32, **kw)
-        self.fc2 = layers.linear(32, num_classes, **kw)
-        self._finish(init, bias_init, rngs)
+        return 8 * 8 * chans[2]
 
     def __call__(self, x: Array, *, return_features: bool = False):
         self._check(x)
@@ -109,7 +122,7 @@ class _TwoTanhBlocks(_BookNet):
             x = self._pool(f, f"pool{i}", x)
             if hasattr(self, f"conv{i}_dropout"):
                 x = rec(f, f"conv{i}_dropout", getattr(self, f"conv{i}_dropout")(x))
-        x = self._fc(f, x, jnp.tanh, "tanh3", expected=8 * 8 * (self.n_chans1 // 2), why=self.why)
+        x = self._fc(f, x, jnp.tanh, "tanh3", why=self.why)
         return output(x, f, return_features)
 
 
@@ -133,17 +146,8 @@ class Net(_TwoTanhBlocks):
         compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
-        super().__init__(
-            16,
-            num_classes,
-            why="8*8*8",
-            init=init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            compute=compute,
-            rngs=rngs,
-        )
+        arch = dict(why="8*8*8")
+        self._build(16, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch)
 
 
 class NetWidth(_TwoTanhBlocks):
@@ -153,29 +157,6 @@ class NetWidth(_TwoTanhBlocks):
     tanh activations and 2×2 max pools as in :class:`Net`. Input ``(N, 32, 32, 3)``;
     output ``(N, num_classes)``.
     """
-
-    def __init__(
-        self,
-        n_chans1: int = 32,
-        num_classes: int = 2,
-        *,
-        init: initializers.InitSpec = "torch_default",
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
-    ):
-        super().__init__(
-            n_chans1,
-            num_classes,
-            init=init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            compute=compute,
-            rngs=rngs,
-        )
 
 
 class NetDropout(_TwoTanhBlocks):
@@ -200,18 +181,10 @@ class NetDropout(_TwoTanhBlocks):
         compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
-        if not 0 <= p < 1:
-            raise ConfigError(f"dropout p must be in [0, 1), got {p!r}")
-        super().__init__(
-            n_chans1,
-            num_classes,
-            dropout=p,
-            init=init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            compute=compute,
-            rngs=rngs,
+        check_rate("dropout p", p)
+        arch = dict(dropout=p)
+        self._build(
+            n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch
         )
 
 
@@ -224,29 +197,7 @@ class NetBatchNorm(_TwoTanhBlocks):
     ``(N, num_classes)``.
     """
 
-    def __init__(
-        self,
-        n_chans1: int = 32,
-        num_classes: int = 2,
-        *,
-        init: initializers.InitSpec = "torch_default",
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
-    ):
-        super().__init__(
-            n_chans1,
-            num_classes,
-            batch_norm_layers=True,
-            init=init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            compute=compute,
-            rngs=rngs,
-        )
+    batch_norm_layers = True
 
 
 class NetDepth(_BookNet):
@@ -258,27 +209,12 @@ class NetDepth(_BookNet):
 
     residual = False
 
-    def __init__(
-        self,
-        n_chans1: int = 32,
-        num_classes: int = 2,
-        *,
-        init: initializers.InitSpec = "torch_default",
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
-    ):
-        rngs, kw = self._start(rngs, dtype, param_dtype, compute)
-        self.n_chans1 = n_chans1
-        half = n_chans1 // 2
-        self.conv1 = conv3(3, n_chans1, kw, self.compute)
-        self.conv2 = conv3(n_chans1, half, kw, self.compute)
+    def _blocks(self, kw, rngs):
+        half = self.n_chans1 // 2
+        self.conv1 = conv3(3, self.n_chans1, kw, self.compute)
+        self.conv2 = conv3(self.n_chans1, half, kw, self.compute)
         self.conv3 = conv3(half, half, kw, self.compute)
-        self.fc1 = layers.linear(4 * 4 * half, 32, **kw)
-        self.fc2 = layers.linear(32, num_classes, **kw)
-        self._finish(init, bias_init, rngs)
+        return 4 * 4 * half
 
     def __call__(self, x: Array, *, return_features: bool = False):
         self._check(x)
@@ -291,14 +227,7 @@ class NetDepth(_BookNet):
                 # The book's NetRes: relu(conv3(out)) + out1, where out1 is block 2's pooled output.
                 x = rec(f, "skip_add", x + skip)
             x = self._pool(f, f"pool{i}", x)
-        x = self._fc(
-            f,
-            x,
-            jax.nn.relu,
-            "relu4",
-            expected=4 * 4 * (self.n_chans1 // 2),
-            why="4*4*(n_chans1//2)",
-        )
+        x = self._fc(f, x, jax.nn.relu, "relu4", why="4*4*(n_chans1//2)")
         return output(x, f, return_features)
 
 
@@ -334,7 +263,7 @@ class ResBlock(nnx.Module):
         compute: Policy | str = "auto",
         rngs: nnx.Rngs,
     ):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = layer_kw(rngs, dtype, param_dtype)
         self.residual = residual
         self.conv = layers.conv(
             n_chans, n_chans, 3, padding=1, use_bias=False, compute=compute, **kw
@@ -391,24 +320,24 @@ class NetResDeep(_BookNet):
         compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
-        if n_blocks < 0:
-            raise ConfigError(f"n_blocks must be >= 0, got {n_blocks!r}")
-        rngs, kw = self._start(rngs, dtype, param_dtype, compute)
-        self.n_chans1 = n_chans1
+        init = _with_own_init(init, {"block*/conv": "he_normal(fan_in)"})
+        arch = dict(n_blocks=n_blocks, shared_block=shared_block, residual=residual)
+        self._build(
+            n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch
+        )
+
+    def _blocks(self, kw, rngs, *, n_blocks: int, shared_block: bool, residual: bool):
+        check_count("n_blocks", n_blocks)
         self.n_blocks = n_blocks
         self.shared_block = shared_block
-        self.conv1 = conv3(3, n_chans1, kw, self.compute)
-        bkw = dict(
-            residual=residual, dtype=dtype, param_dtype=param_dtype, compute=self.compute, rngs=rngs
-        )
+        self.conv1 = conv3(3, self.n_chans1, kw, self.compute)
         if shared_block:
-            self.block = ResBlock(n_chans1, **bkw)
+            self.block = ResBlock(self.n_chans1, residual=residual, compute=self.compute, **kw)
         else:
             for i in range(1, n_blocks + 1):
-                setattr(self, f"block{i}", ResBlock(n_chans1, **bkw))
-        self.fc1 = layers.linear(8 * 8 * n_chans1, 32, **kw)
-        self.fc2 = layers.linear(32, num_classes, **kw)
-        self._finish(_with_own_init(init, {"block*/conv": "he_normal(fan_in)"}), bias_init, rngs)
+                block = ResBlock(self.n_chans1, residual=residual, compute=self.compute, **kw)
+                setattr(self, f"block{i}", block)
+        return 8 * 8 * self.n_chans1
 
     def __call__(self, x: Array, *, return_features: bool = False):
         self._check(x)
@@ -422,5 +351,5 @@ class NetResDeep(_BookNet):
             else:
                 x = getattr(self, f"block{i}")(x, f, f"block{i}")
         x = self._pool(f, "pool2", x)
-        x = self._fc(f, x, jax.nn.relu, "relu2", expected=8 * 8 * self.n_chans1, why="8*8*n_chans1")
+        x = self._fc(f, x, jax.nn.relu, "relu2", why="8*8*n_chans1")
         return output(x, f, return_features)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vggjax import initializers, layers
-from vggjax.errors import ConfigError
+from vggjax.errors import check_count, check_rate
 from vggjax.models.reference.common import output, rec, rngs_of
 from vggjax.models.vgg import scale_width
 from vggjax.ops import Policy
@@ -74,10 +74,8 @@ class OverFeatSlim(nnx.Module):
         compute: Policy | str = "auto",
         rngs: nnx.Rngs | int = 0,
     ):
-        if extra_1x1 < 0:
-            raise ConfigError(f"extra_1x1 must be >= 0, got {extra_1x1!r}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_count("extra_1x1", extra_1x1)
+        check_rate("dropout", dropout)
         rngs = rngs_of(rngs)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         c = functools.partial(scale_width, width=width)
