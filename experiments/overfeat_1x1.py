@@ -1,588 +1,372 @@
-"""Why a second 1×1 conv (``fc7_1``) keeps slim-OverFeat at loss ln 3 (reference case, seed 003).
+"""How much longer each added 1×1 head layer keeps slim-OverFeat at ln 3 (reference case 003).
 
-The seed's network (:class:`vggjax.models.reference.OverFeatSlim`: 60×60×3 in, 3 classes)
-has fc6 (3×3 conv, 512) and fc7 (1×1, 1024) with truncated-normal(0.005) weights and bias
-0.1, and weight decay 5e-4. With one 1×1 layer it trains; adding ``fc7_1`` (1×1, 1024, the
-same initialisers) makes "the loss stick at 1" — ln 3 = 1.0986 for 3 classes.
+The seed's network (:class:`vggjax.models.reference.OverFeatSlim`: 60×60×3 in, 3 classes) has
+fc6 (3×3 conv, 512) and fc7 (1×1, 1024) with truncated-normal(0.005) weights and bias 0.1; with
+one 1×1 layer it trains, and adding ``fc7_1`` (1×1, 1024, the same initialisers) makes "the loss
+stick at 1" — ln 3 = 1.0986. Each such layer multiplies the input-dependent part of its input by
+its gain std·√fan_in ≈ 0.1–0.2 and adds 0.1, so the logits barely depend on the image and SGD's
+updates, proportional to that dependence, shrink ~10× per added layer: a plateau that grows
+with depth. This script measures it: 0, 1 and 2 extra 1×1 layers, 3 seeds each, on the embedded
+digits (classes 0/1/2) and on a synthetic task (a bright square at a class-dependent position),
+steps until the loss first falls below 0.9·ln 3, with the fixes (He init, BatchNorm) and the
+input-dependent std of the last hidden layer over time; plus the seed's three source bugs.
 
-This script trains both on three digit classes and measures the mechanism: at init every
-head layer multiplies the input-dependent part of its input by std·√fan_in ≈ 0.1–0.2 and
-then adds the constant 0.1, so after fc6/fc7 (/fc7_1) the activations are ≈ 0.1 for every
-image and the logits hardly depend on the input (their spread across the batch is
-measured per layer). The fixes (He init, BatchNorm, zero bias) and the seed's three source
-bugs (behind flags; faithful vs corrected) are run too.
+    python experiments/overfeat_1x1.py [--quick] [--out DIR]
 
-    python experiments/overfeat_1x1.py [--quick] [--full] [--out DIR]
-
-Data: the embedded real dataset ``vggjax_digits`` (scikit-learn's 8×8 handwritten digits)
-restricted to classes 0, 1, 2, resized to 60×60 and repeated to 3 channels by the
-library pipeline (``vggjax.data.load``). Default size is reduced for 2 CPU cores (see
-``settings`` in result.json); ``--full`` uses the seed's widths.
+Training is the library's: :func:`vggjax.training.make_train_step` through
+:func:`vggjax.experiment.train` (:func:`vggjax.training.fit`), SGD lr 0.01 momentum 0.9, weight
+decay 5e-4 on kernels (slim's L2 regulariser), batch 32, a fresh random batch every step, dropout
+off (the source's default keep_prob is 1.0). Width 1/4 with the head std scaled by 1/√width, so
+every layer's gain is the full-size net's (a full-width run costs ~1 s per step here).
 """
 
 from __future__ import annotations
 
-import argparse
-import collections
-import json
 import math
 import os
-import platform
-import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from vggjax import optim
-from vggjax.models.reference import OverFeatSlim
-from vggjax.train import make_train_step, merge, split_model, state_from_model
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "overfeat_1x1")
+from vggjax import experiment, optim  # noqa: E402
+from vggjax.models.reference import OverFeatSlim  # noqa: E402
+from vggjax.training import make_train_step, merge, state_from_model  # noqa: E402
+
 LN3 = math.log(3.0)
-CLASSES = (0, 1, 2)
-WEIGHT_DECAY = 5e-4  # overfeat_arg_scope()'s default; slim's l2_regularizer on weights only
-HEAD_STD = 0.005  # trunc_normal(0.005) of fc6/fc7 (and fc9, which sits in the same arg_scope)
-WINDOW = 16  # moving-average window (steps) for "left the plateau" and final losses
+LEAVE = 0.9 * LN3  # "left the plateau": the first step whose loss is below this
+HEAD_STD = 0.005  # trunc_normal(0.005) of fc6, fc7 (and fc9, in the same arg_scope) at full width
+# Each class's SIDE×SIDE square: its top-left corner in the 60×60 image, moved by up to ±4 pixels.
+SIDE = 16
+SQUARES = ((6, 6), (6, 38), (38, 22))
+# Width 1/4 (the head std scaled to keep each layer's gain): a full-width step costs ~10× more
+# here. lr 0.02: at width 1/4 lr 0.01 leaves the plateau only after ~1000 steps, and lr 0.04
+# leaves it and then kills every fc7 unit (the results' README has the numbers).
+FULL = dict(
+    width=0.25,
+    steps=1200,
+    seeds=(0, 1, 2),
+    extras=(0, 1, 2),
+    fix_extras=(1, 2),
+    datasets=("digits", "squares"),
+    after=100,
+    lr=0.02,
+)
+QUICK = dict(  # FULL's digits runs of seed 0 with 0 and 1 extra layers, cut at 700 steps
+    width=0.25,
+    steps=700,
+    seeds=(0,),
+    extras=(0, 1),
+    fix_extras=(),
+    datasets=("digits",),
+    after=100,
+    lr=0.02,
+)
 
-# name -> options; "two" = the seed's fc7_1 variant. The default optimizer is SGD (the
-# gradient-proportional family of the seed's likely Adagrad); "/adam" runs use AdamW.
-RUNS: dict[str, dict] = {
-    "one_1x1": {"extra_1x1": 0},
-    "two_1x1": {"extra_1x1": 1},
-    "two_1x1+he_init": {"extra_1x1": 1, "init": "he"},
-    "two_1x1+batch_norm": {"extra_1x1": 1, "batch_norm": True},
-    "two_1x1+zero_bias": {"extra_1x1": 1, "bias": "zeros"},
-    "two_1x1+he_init+zero_bias": {"extra_1x1": 1, "init": "he", "bias": "zeros"},
-    "one_1x1+source_bugs": {"extra_1x1": 0, "bugs": True},
-    "one_1x1/adam": {"extra_1x1": 0, "optimizer": "adam"},
-    "two_1x1/adam": {"extra_1x1": 1, "optimizer": "adam"},
-    "two_1x1/adam_l2": {"extra_1x1": 1, "optimizer": "adam_l2"},
-}
-QUICK_RUNS = ("two_1x1", "two_1x1+he_init")
-# (width, batch, steps, probe images) per mode; head std is scaled so std·√fan_in matches width 1.
-MODES = {"quick": (1 / 8, 16, 96, 32), "default": (1 / 8, 16, 128, 48), "full": (1.0, 32, 2000, 64)}
+
+def head_init(width: float, fix: str) -> dict[str, str]:
+    """The seed's initialisers, the head std scaled to keep std·√fan_in; He for ``fix="he"``."""
+    std = f"trunc_normal({HEAD_STD / math.sqrt(width):.6g})"
+    init = {"fc6": std, "fc7*": std, "fc9": std, "*": "xavier_uniform"}
+    if fix == "he":
+        init.update({"fc6": "he_normal(fan_in)", "fc7*": "he_normal(fan_in)"})
+    return init
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="96 steps, two_1x1 and two_1x1+he_init only (the tests)",
+def build(extra: int, width: float, fix: str, seed: int, **bugs) -> OverFeatSlim:
+    return OverFeatSlim(
+        3,
+        extra_1x1=extra,
+        width=width,
+        dropout=0.0,
+        batch_norm=fix == "bn",
+        init=head_init(width, fix),
+        rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+        **bugs,
     )
-    p.add_argument(
-        "--full",
-        action="store_true",
-        help="the seed's widths (width 1), batch 32, 2000 steps (GPU)",
-    )
-    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    p.add_argument(
-        "--steps", type=int, default=None, help="training steps per run (default per mode)"
-    )
-    p.add_argument("--runs", default=None, help="comma-separated subset of: " + ", ".join(RUNS))
-    p.add_argument(
-        "--optimizer",
-        default="sgd",
-        choices=("sgd", "adam", "adam_l2", "adagrad"),
-        help="optimizer of runs that name none",
-    )
-    p.add_argument("--adam-lr", type=float, default=1e-3)
-    p.add_argument("--sgd-lr", type=float, default=1e-2)
-    p.add_argument("--adagrad-lr", type=float, default=0.1)
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="drop rate (1 - keep_prob); facenet's default keep_prob is 1.0",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
-    p.add_argument("--no-plots", action="store_true")
-    return p.parse_args(argv)
 
 
-def versions() -> dict:
-    import flax
-
-    return {
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "backend": jax.default_backend(),
-    }
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def load_digits3(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """All of ``split`` of vggjax_digits classes 0, 1, 2: 60×60×3 float32 images, int32 labels."""
-    from vggjax.data import load
-
-    kw = dict(global_batch_size=128, train=False, image_size=60, channels=3, data_dir=data_dir)
-    try:
-        ds, _ = load("vggjax_digits", split, classes=CLASSES, **kw)
-        filter_here = False
-    except TypeError:  # a pipeline without the classes option: filter below
-        ds, _ = load("vggjax_digits", split, **kw)
-        filter_here = True
-    xs, ys = [], []
-    for b in ds:
-        xs.append(b["image"][b["mask"]])
-        ys.append(b["label"][b["mask"]])
-    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int32)
-    if filter_here:
-        keep = np.isin(y, CLASSES)
-        x, y = x[keep], np.searchsorted(CLASSES, y[keep]).astype(np.int32)
-    return x, y
-
-
-def batches(n: int, batch: int, seed: int):
-    """Indices of shuffled mini-batches, reshuffled every epoch (drop the ragged tail)."""
+def digits(seed: int, batch: int = 32):
+    """Fresh random batches (with replacement) of the train digits 0, 1, 2 at 60×60×3."""
+    x, y = experiment.digits_arrays("vggjax_digits", "train", image_size=60, channels=3)
+    keep = y < 3
+    x, y = x[keep], y[keep]
     rng = np.random.default_rng(seed)
     while True:
-        perm = rng.permutation(n)
-        for i in range(0, n - batch + 1, batch):
-            yield perm[i : i + batch]
+        idx = rng.integers(0, len(y), batch)
+        yield {"image": x[idx], "label": y[idx]}
 
 
-# ----------------------------------------------------------------------------- model, optimizer
+def squares(seed: int, batch: int = 32, noise: float = 0.1):
+    """N(0, noise²) images plus 1 on a SIDE×SIDE square at the class's position (±4 pixels)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        y = rng.integers(0, 3, batch)
+        x = rng.normal(0.0, noise, (batch, 60, 60, 3)).astype(np.float32)
+        for i, c in enumerate(y):
+            r, col = np.asarray(SQUARES[c]) + rng.integers(-4, 5, 2)
+            x[i, r : r + SIDE, col : col + SIDE, :] += 1.0
+        yield {"image": x, "label": y.astype(np.int32)}
 
 
-def build_model(spec: dict, width: float, dropout: float, seed: int) -> OverFeatSlim:
-    """OverFeatSlim with the seed's initialisers and ``spec``'s changes.
-
-    The head std is scaled by 1/√width to keep std·√fan_in.
-    """
-    std = HEAD_STD / math.sqrt(width)
-    init = {
-        "fc6": f"trunc_normal({std:.6g})",
-        "fc7*": f"trunc_normal({std:.6g})",
-        "fc9": f"trunc_normal({std:.6g})",
-        "*": "xavier_uniform",
-    }
-    if spec.get("init") == "he":
-        init.update({"fc6": "he_normal(fan_in)", "fc7*": "he_normal(fan_in)"})
-    bias = {"*": "zeros"} if spec.get("bias") == "zeros" else None  # None: fc6/fc7* 0.1, others 0
-    bugs = bool(spec.get("bugs"))
-    return OverFeatSlim(
-        len(CLASSES),
-        extra_1x1=spec["extra_1x1"],
-        batch_norm=bool(spec.get("batch_norm")),
-        dropout=dropout,
-        conv12_reads_input=bugs,
-        pool_in_train_only=bugs,
-        dropout_on_logits=bugs,
-        width=width,
-        init=init,
-        bias_init=bias,
-        rngs=nnx.Rngs(params=seed, dropout=seed + 1),
-    )
+STREAMS = {"digits": digits, "squares": squares}
 
 
-def make_tx(name: str, lr: float) -> optax.GradientTransformation:
-    """Weight decay 5e-4 on conv kernels only (slim's weights_regularizer) with SGD or Adam.
+def probe_fn(graphdef, images):
+    """``(step, state) -> {hidden, logits}``: the part of the last hidden layer's output and of the
+    logits that depends on the image (std across a fixed batch, per unit, averaged)."""
 
-    "sgd": SGD momentum 0.9 with coupled L2 (the slim regulariser's gradient ``wd·w``).
-    "adam": Adam with the decay decoupled (AdamW: ``w -= lr·wd·w``). "adam_l2": Adam with
-    the coupled L2 - when the loss gradients vanish, Adam's normalisation turns the ``wd·w``
-    term into a full-``lr`` pull towards zero on every kernel.
-    """
-    decay = {"weight_decay": WEIGHT_DECAY, "weight_decay_mask": "no_bias_norm"}
-    if name == "sgd":
-        return optim.make_optimizer(
-            {"learning_rate": lr, "momentum": 0.9, **decay}, steps_per_epoch=1, total_steps=1
-        )
-    if (
-        name == "adagrad"
-    ):  # tf.train.AdagradOptimizer(lr, initial_accumulator_value=0.1), facenet's default
-        return optax.chain(
-            optax.add_decayed_weights(
-                WEIGHT_DECAY, mask=lambda p: optim.decay_mask(p, "no_bias_norm")
-            ),
-            optax.scale_by_rss(initial_accumulator_value=0.1),
-            optim.make_optimizer({"learning_rate": lr}, steps_per_epoch=1, total_steps=1),
-        )
-    if name == "adam_l2":
-        return optax.chain(
-            optax.add_decayed_weights(
-                WEIGHT_DECAY, mask=lambda p: optim.decay_mask(p, "no_bias_norm")
-            ),
-            optax.scale_by_adam(),
-            optim.make_optimizer({"learning_rate": lr}, steps_per_epoch=1, total_steps=1),
-        )
-    return optax.chain(
-        optax.scale_by_adam(),
-        optim.make_optimizer(
-            {"learning_rate": lr, "weight_decay_mode": "decoupled", **decay},
-            steps_per_epoch=1,
-            total_steps=1,
-        ),
-    )
-
-
-# ----------------------------------------------------------------------------- measurements
-
-
-def make_probe(graphdef):
-    """Jitted ``(state, images) -> stats``: how much each layer's output depends on the input.
-
-    Per ReLU output / pooled features: ``mean`` (over everything), ``std`` (over
-    everything), ``between`` (std across the batch of the per-image spatial mean, averaged
-    over channels) and ``ratio`` = between / |mean|. Logits (spatially averaged if the
-    network returns a map): ``logit_between`` and ``logit_abs_mean``. Dropout off;
-    BatchNorm on batch statistics, as in training.
-    """
-
-    def probe(state, images):
+    @jax.jit
+    def stats(state):
         model = merge(graphdef, state)
         logits, feats = model(images, return_features=True)
-        out = collections.OrderedDict()
-        for name, x in feats.items():
-            if not (name.startswith("relu") or name == "avgpool"):
-                continue
-            x = x.astype(jnp.float32)
-            per_image = jnp.mean(x, axis=(1, 2))
-            mean = jnp.mean(x)
-            between = jnp.mean(jnp.std(per_image, axis=0))
-            out[name] = {
-                "mean": mean,
-                "std": jnp.std(x),
-                "between": between,
-                "ratio": between / jnp.abs(mean),
-            }
-        if logits.ndim == 4:
-            logits = jnp.mean(logits, axis=(1, 2))
-        out["logits"] = {
-            "between": jnp.mean(jnp.std(logits, axis=0)),
-            "abs_mean": jnp.mean(jnp.abs(logits)),
-        }
-        return out
+        last = [k for k in feats if k.startswith("relu7")][-1]
+        spread = lambda v: jnp.mean(jnp.std(v.reshape(v.shape[0], -1), axis=0))  # noqa: E731
+        return {"hidden": spread(feats[last]), "logits": spread(logits)}
 
-    return jax.jit(probe)
+    return lambda step, state: {k: float(v) for k, v in jax.device_get(stats(state)).items()}
 
 
-def evaluate(eval_graphdef, state, x: np.ndarray, y: np.ndarray) -> dict:
-    """Test loss / accuracy in eval mode; with ``pool_in_train_only`` the output is a score map."""
-    logits = np.asarray(jax.jit(lambda s, im: merge(eval_graphdef, s)(im))(state, jnp.asarray(x)))
-    out = {"output_shape": list(logits.shape)}
-    if logits.ndim == 4:  # the source bug: no pooling at eval; a (N, h, w, 3) map meets (N,) labels
-        out["accuracy_per_position"] = float(np.mean(logits.argmax(-1) == y[:, None, None]))
-        logits = logits.mean(axis=(1, 2))  # = the pooled logits, fc9 being linear
-    logp = (
-        logits
-        - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True))
-        - logits.max(-1, keepdims=True)
-    )
-    out["loss"] = float(-np.mean(logp[np.arange(len(y)), y]))
-    out["accuracy"] = float(np.mean(logits.argmax(-1) == y))
+def gains(model: OverFeatSlim) -> dict[str, float]:
+    """std·√fan_in of every kernel of the head (fc6, fc7, fc7_1, …, fc9)."""
+    out = {}
+    for name in ["fc6", "fc7"] + [f"fc7_{i}" for i in range(1, model.extra_1x1 + 1)] + ["fc9"]:
+        k = np.asarray(getattr(model, name).kernel.get_value())
+        out[name] = float(k.std() * math.sqrt(np.prod(k.shape[:-1])))
     return out
 
 
-def _host(tree) -> dict:
-    return jax.tree.map(float, jax.device_get(tree))
-
-
-def moving_average(v: np.ndarray, k: int = WINDOW) -> np.ndarray:
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    return (c[k:] - c[:-k]) / k
-
-
-def plateau_exit(losses: np.ndarray, threshold: float = 0.95 * LN3) -> int | None:
-    """First step whose trailing WINDOW-step mean loss is below ``threshold`` (None: never)."""
-    ma = moving_average(losses)
-    below = np.flatnonzero(ma < threshold)
-    return int(below[0] + WINDOW - 1) if below.size else None
-
-
-def run_one(
-    name: str, spec: dict, args, data: dict, width: float, batch: int, steps: int, probe_n: int
-) -> dict:
-    t0 = time.time()
-    opt_name = spec.get("optimizer", args.optimizer)
-    lr = {"sgd": args.sgd_lr, "adagrad": args.adagrad_lr}.get(opt_name, args.adam_lr)
-    tx = make_tx(opt_name, lr)
-    model = build_model(spec, width, args.dropout, args.seed)
-    graphdef, eval_graphdef, state = state_from_model(model, tx)
-    model.set_attributes(deterministic=True)  # dropout off, BN still on batch statistics
-    probe = make_probe(split_model(model)[0])
-    step = jax.jit(
-        make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True),
-        donate_argnums=0,
+def run(dataset: str, extra: int, fix: str, seed: int, cfg: dict) -> dict:
+    """One training run; stops ``cfg["after"]`` steps after leaving the plateau."""
+    tx = optim.make_optimizer(
+        {
+            "learning_rate": cfg["lr"],
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "weight_decay_mask": "no_bias_norm",
+        },
+        steps_per_epoch=1,
+        total_steps=1,
     )
-    xtr, ytr = data["train"]
-    probe_x = jnp.asarray(xtr[:probe_n])
-    record_every = max(1, steps // 8)
+    model = build(extra, cfg["width"], fix, seed)
+    layer_gains = gains(model)
+    graphdef, _, state = state_from_model(model, tx)
+    probe_batch = next(STREAMS[dataset](999, batch=64))["image"]
+    step = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy"), donate_argnums=0)
+    left: list[int] = []
 
-    init_probe = _host(probe(state, probe_x))
-    losses, trace = [], []
-    step0 = None
-    for i, idx in zip(range(steps), batches(len(xtr), batch, args.seed)):
-        state, m = step(state, {"image": jnp.asarray(xtr[idx]), "label": jnp.asarray(ytr[idx])})
-        losses.append(m["loss"])
-        if i == 0:
-            step0 = {
-                k: float(v)
-                for k, v in jax.device_get(m).items()
-                if k.startswith(("grad_norm/", "zero_frac/relu", "dead_frac/"))
-            }
-        if (i + 1) % record_every == 0 or i + 1 == steps:
-            p = _host(probe(state, probe_x))
-            trace.append(
-                {
-                    "step": i + 1,
-                    "logit_between": p["logits"]["between"],
-                    "last_hidden_ratio": p[_last_hidden(p)]["ratio"],
-                }
-            )
-    losses = np.asarray(jax.device_get(losses), np.float64)
-    final_probe = _host(probe(state, probe_x))
-    test = evaluate(eval_graphdef, state, *data["test"])
-    ma = moving_average(losses)
+    def stop(i: int, m: dict) -> bool:
+        if not left and m["loss"] < LEAVE:
+            left.append(i)
+        return bool(left) and i >= left[0] + cfg["after"]
+
+    t = experiment.train(
+        state,
+        step,
+        STREAMS[dataset](seed + 100),
+        cfg["steps"],
+        keys=["loss"],
+        probe=probe_fn(graphdef, jnp.asarray(probe_batch)),
+        probe_every=50,
+        probe_at_start=True,
+        log_every=10,
+        stop=stop,
+    )
+    loss = t.history["loss"]
     return {
-        "options": spec,
-        "optimizer": opt_name,
-        "learning_rate": lr,
-        "loss": [round(float(v), 6) for v in losses],
-        "initial_loss": float(losses[0]),
-        "final_loss_ma": float(ma[-1]),
-        "min_loss_ma": float(ma.min()),
-        "max_abs_ma_minus_ln3": float(np.max(np.abs(ma - LN3))),
-        "plateau_exit_step": plateau_exit(losses),
-        "test": test,
-        "init_probe": init_probe,
-        "final_probe": final_probe,
-        "trace": trace,
-        "step0": step0,
-        "seconds": round(time.time() - t0, 1),
+        "dataset": dataset,
+        "extra_1x1": extra,
+        "fix": fix,
+        "seed": seed,
+        "steps_run": len(loss),
+        "left_plateau_at": left[0] if left else None,
+        "final_loss": float(np.mean(loss[-16:])),
+        "loss_every_10": [float(v) for v in loss[::10]],
+        "gains": layer_gains,
+        "probes": [(s, p) for s, p in t.probes],
+        "seconds": round(t.seconds, 1),
     }
 
 
-def _last_hidden(probe: dict) -> str:
-    return [k for k in probe if k.startswith("relu")][-1]
+def plateau_growth(run: dict) -> float | None:
+    """How fast the logits' input dependence grows on the plateau: the factor per 1000 steps of a
+    least-squares fit of log(std across images of the logits) against the step, over the probes
+    up to the step that left the plateau (all of them when it did not leave)."""
+    end = run["left_plateau_at"] if run["left_plateau_at"] is not None else math.inf
+    points = [(s, p["logits"]) for s, p in run["probes"] if s <= end and p["logits"] > 0]
+    if len(points) < 3:  # left too early (a fix) or too short a run to fit
+        return None
+    steps, spread = zip(*points)
+    slope = np.polyfit(np.asarray(steps, float), np.log(spread), 1)[0]
+    return float(np.exp(1000.0 * slope))
 
 
-def init_probes(width: float, probe_x: np.ndarray, seed: int) -> dict:
-    """Init-time probe (forward passes only) of the one- and two-1×1 nets at ``width``."""
-    from vggjax.train import TrainState
-
-    out = {}
-    for name in ("one_1x1", "two_1x1"):
-        model = build_model(RUNS[name], width, 0.0, seed)
-        model.set_attributes(deterministic=True)
-        graphdef, params, frozen, batch_stats, rngs = split_model(model)
-        state = TrainState(jnp.zeros((), jnp.int32), params, frozen, batch_stats, rngs, None)
-        out[name] = _host(make_probe(graphdef)(state, jnp.asarray(probe_x)))
+def summarize(runs: list[dict], budget: int) -> list[dict]:
+    """Per (dataset, fix, extra): steps to leave per seed (None: not within ``budget``), median."""
+    rows, rates = {}, {}
+    for r in runs:
+        key = (r["dataset"], r["fix"], r["extra_1x1"])
+        rows.setdefault(key, []).append(r["left_plateau_at"])
+        rates.setdefault(key, []).append(plateau_growth(r))
+    growth = {
+        k: float(np.median([x for x in v if x is not None]))
+        if any(x is not None for x in v)
+        else None
+        for k, v in rates.items()
+    }
+    out = []
+    for (dataset, fix, extra), left in sorted(
+        rows.items(), key=lambda kv: (kv[0][0], kv[0][1] != "", kv[0])
+    ):
+        reached = sorted(v for v in left if v is not None)
+        # The median over seeds, a run that did not leave counting as "more than the budget".
+        median = float(np.median([v if v is not None else math.inf for v in left]))
+        out.append(
+            {
+                "dataset": dataset,
+                "fix": fix or "none",
+                "extra_1x1": extra,
+                "per_seed": left,
+                "left": len(reached),
+                "seeds": len(left),
+                "median": None if math.isinf(median) else median,
+                "budget": budget,
+                "logit_spread_growth_per_1000_steps": growth[(dataset, fix, extra)],
+            }
+        )
     return out
 
 
-# ----------------------------------------------------------------------------- plots
+def source_bugs(width: float) -> dict:
+    """The seed's three source bugs, faithful flags against the corrected net (one step each)."""
+    x = next(squares(0, batch=8))
+    model = build(
+        0, width, "", 0, conv12_reads_input=True, pool_in_train_only=True, dropout_on_logits=True
+    )
+    tx = optim.make_optimizer({"learning_rate": 0.01}, steps_per_epoch=1, total_steps=1)
+    graphdef, eval_graphdef, state = state_from_model(model, tx)
+    _, m = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True))(
+        state, x
+    )
+    eval_out = merge(eval_graphdef, state)(jnp.asarray(x["image"]))
+    return {
+        "conv11_grad_norm_when_conv12_reads_input": float(m["grad_norm/conv11"]),
+        "eval_output_shape_when_pool_in_train_only": list(eval_out.shape),
+        "note": "dropout on the logits is a no-op at the source's keep_prob 1.0",
+    }
 
 
-def plot(result: dict, out_dir: str) -> list[str]:
-    import matplotlib
+COLORS = {0: "tab:blue", 1: "tab:orange", 2: "tab:red", 3: "tab:brown"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    runs = result["runs"]
-    files = []
-    base = [n for n in ("one_1x1", "two_1x1") if n in runs]
-    groups = [
-        (
-            "SGD: one vs two 1x1, and the fixes",
-            [n for n in runs if "/" not in n and "source_bugs" not in n],
-        ),
-        (
-            "source bugs (faithful) vs corrected, SGD",
-            base[:1] + [n for n in runs if "source_bugs" in n],
-        ),
-        ("Adam (decoupled decay = AdamW) and Adam + L2", [n for n in runs if "/" in n]),
-    ]
-    groups = [(t, g) for t, g in groups if g]
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.3), squeeze=False)
-    for ax, (title, names) in zip(axes[0], groups):
-        for n in names:
-            ma = moving_average(np.asarray(runs[n]["loss"]))
-            ax.plot(np.arange(WINDOW - 1, WINDOW - 1 + len(ma)), ma, label=n)
-        ax.axhline(LN3, color="grey", ls=":", lw=1, label="ln 3")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"train loss ({WINDOW}-step mean)")
-        ax.set_ylim(0, 1.35)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss_curves.png"), dpi=90)
-    plt.close(fig)
-    files.append("loss_curves.png")
-
-    # Per-layer input dependence at init: between-image std / mean.
-    fig, ax = plt.subplots(figsize=(8, 4.3))
-    series = [
-        (f"{n} (width {result['settings']['width']:g})", p)
-        for n, p in result["init_probe"]["run_size"].items()
-    ]
-    series += [
-        (f"{n} (run size)", runs[n]["init_probe"])
-        for n in ("two_1x1+he_init", "two_1x1+batch_norm")
-        if n in runs
-    ]
-    series += [
-        (f"{n} (seed size, width 1)", p)
-        for n, p in result["init_probe"].get("seed_size", {}).items()
-    ]
-    longest = max((([k for k in p if k != "logits"]) for _, p in series), key=len)
-    for label, p in series:
-        names = [k for k in p if k != "logits"]
-        ax.plot(
-            [longest.index(k) for k in names],
-            [p[k]["ratio"] for k in names],
-            marker="o",
-            label=label,
-            ls="--" if "seed size" in label else "-",
+def plot(result: dict, out: str) -> list[str]:
+    plt = experiment.pyplot()
+    datasets = result["config"]["datasets"]
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.5 * len(datasets)), squeeze=False)
+    colors = COLORS
+    for row, dataset in zip(axes, datasets):
+        base = [r for r in result["runs"] if r["dataset"] == dataset and not r["fix"]]
+        for extra in result["config"]["extras"]:
+            for i, r in enumerate(r for r in base if r["extra_1x1"] == extra):
+                label = f"{extra} extra 1×1" if i == 0 else None
+                steps = 10 * np.arange(len(r["loss_every_10"]))
+                row[0].plot(steps, r["loss_every_10"], color=colors[extra], lw=0.8, label=label)
+            for r in base:
+                if r["extra_1x1"] == extra:
+                    s, p = zip(*r["probes"])
+                    row[2].semilogy(s, [q["hidden"] for q in p], color=colors[extra], alpha=0.6)
+                    row[2].semilogy(s, [q["logits"] for q in p], color=colors[extra], ls="--")
+        row[0].axhline(LEAVE, color="k", lw=0.6, ls=":")
+        row[0].set(
+            title=f"{dataset}: training loss, every seed", xlabel="step", ylabel="loss", ylim=(0, 2)
         )
-    ax.set_xticks(range(len(longest)))
-    ax.set_xticklabels(longest, rotation=45, fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("std across images / |mean|")
-    ax.set_title("how much each layer's output depends on the input, at init", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "init_input_dependence.png"), dpi=90)
-    plt.close(fig)
-    files.append("init_input_dependence.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.3))
-    for n, r in runs.items():
-        steps = [0] + [t["step"] for t in r["trace"]]
-        vals = [r["init_probe"]["logits"]["between"]] + [t["logit_between"] for t in r["trace"]]
-        ax.plot(steps, vals, marker="o", ms=3, label=n, ls="--" if "/" in n else "-")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("std of the logits across images")
-    ax.set_title("do the logits depend on the input? (probe batch, dropout off)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "logit_spread.png"), dpi=90)
-    plt.close(fig)
-    files.append("logit_spread.png")
-    return files
+        row[0].legend()
+        _plateau_panel(row[1], result, dataset)
+        row[2].set(
+            title=f"{dataset}: std across images, last hidden (—), logits (--)",
+            xlabel="step",
+        )
+    return [experiment.save_figure(fig, os.path.join(out, "plateau.png"))]
 
 
-# ----------------------------------------------------------------------------- main
+def _plateau_panel(ax, result: dict, dataset: str) -> None:
+    budget = result["config"]["steps"]
+    for row in result["summary"]:
+        if row["dataset"] != dataset:
+            continue
+        x = row["extra_1x1"] + {"none": 0.0, "he": 0.15, "bn": 0.3}[row["fix"]]
+        ys = [v if v is not None else budget for v in row["per_seed"]]
+        marker = {"none": "o", "he": "s", "bn": "^"}[row["fix"]]
+        color = {"none": COLORS[row["extra_1x1"]], "he": "tab:purple", "bn": "tab:green"}[
+            row["fix"]
+        ]
+        ax.scatter(
+            [x] * len(ys),
+            ys,
+            marker=marker,
+            color=color,
+            label=row["fix"] if row["extra_1x1"] == 1 else None,
+        )
+    ax.axhline(budget, color="k", lw=0.6, ls=":")
+    gains = next(r["gains"] for r in result["runs"] if r["fix"] == "" and r["extra_1x1"] >= 1)
+    ax.text(
+        0.02,
+        0.55,
+        "gain std·√fan_in\n" + "\n".join(f"{k} {v:.3f}" for k, v in gains.items()),
+        transform=ax.transAxes,
+        fontsize=8,
+    )
+    ax.set(
+        title=f"{dataset}: steps to loss < 0.9 ln 3 (dotted: not left)",
+        xlabel="extra 1×1 layers",
+        ylabel="steps",
+        xticks=result["config"]["extras"],
+    )
+    ax.legend()
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    t0 = time.time()
-    mode = "quick" if args.quick else ("full" if args.full else "default")
-    width, batch, steps, probe_n = MODES[mode]
-    steps = args.steps or steps
-    names = args.runs.split(",") if args.runs else (list(QUICK_RUNS) if args.quick else list(RUNS))
-    unknown = [n for n in names if n not in RUNS]
-    if unknown:
-        raise SystemExit(f"unknown runs {unknown}; choose from {list(RUNS)}")
-    os.makedirs(args.out, exist_ok=True)
-
-    data = {
-        "train": load_digits3("train", args.data_dir),
-        "test": load_digits3("test", args.data_dir),
-    }
-    print(
-        f"data: train {data['train'][0].shape} test {data['test'][0].shape} "
-        f"({time.time() - t0:.0f}s)",
-        flush=True,
+    p = experiment.parser(
+        __doc__,
+        experiment.results_dir(__file__),
+        quick="digits, 0 and 1 extra layers, one seed, 700 steps (the tests' budget)",
     )
-
-    runs = {}
-    for name in names:
-        runs[name] = r = run_one(name, RUNS[name], args, data, width, batch, steps, probe_n)
-        print(
-            f"{name:>28s}: loss {r['initial_loss']:.4f} -> {r['final_loss_ma']:.4f} (ma{WINDOW}), "
-            f"exit {r['plateau_exit_step']}, test acc {r['test']['accuracy']:.3f}, "
-            f"{r['seconds']}s",
-            flush=True,
-        )
-
-    result: dict = {
-        "experiment": "overfeat_1x1",
-        "claim": "seed 003: adding a second 1x1 conv (fc7_1) to slim-OverFeat's head makes the "
-        "loss stick near ln 3",
-        "command": " ".join(
-            ["experiments/overfeat_1x1.py"] + (sys.argv[1:] if argv is None else list(argv))
-        ),
-        "settings": {
-            "mode": mode,
-            "width": width,
-            "batch_size": batch,
-            "steps": steps,
-            "seed": args.seed,
-            "head_init": f"trunc_normal({HEAD_STD}/sqrt(width)) = "
-            f"{HEAD_STD / math.sqrt(width):.6g} for fc6, fc7*, fc9 "
-            "(keeps std*sqrt(fan_in), each layer's gain, equal to the seed-size net's); "
-            "bias 0.1 on fc6/fc7*, 0 elsewhere; other convs xavier_uniform, bias 0",
-            "reduced_size": None
-            if mode == "full"
-            else f"width {width} (channels x{width}) to fit 2 CPU cores; --full for width 1",
-            "optimizer": {
-                "default": args.optimizer,
-                "adam_lr": args.adam_lr,
-                "sgd_lr": args.sgd_lr,
-                "sgd_momentum": 0.9,
-                "weight_decay": f"{WEIGHT_DECAY} coupled (L2 in the gradient), conv kernels "
-                "only (slim weights_regularizer)",
-                "why": "the seed states no optimizer; its inference() wrapper is facenet's, "
-                "whose train_softmax.py defaults to Adagrad(lr 0.1, initial accumulator 0.1) "
-                "with keep_probability 1.0 - with gradients this small Adagrad is plain SGD "
-                "at lr ~0.3 (step = lr*g/sqrt(0.1 + sum g^2)). So the main runs use SGD "
-                "(momentum 0.9, lr --sgd-lr); '/adam' runs use Adam with decoupled decay "
-                "(AdamW), '/adam_l2' Adam with the slim-style coupled L2, to show how much "
-                "the optimizer matters",
-            },
-            "dropout_rate": args.dropout,
-            "source_bugs_runs": "conv12_reads_input, pool_in_train_only, dropout_on_logits "
-            "all True (faithful); other runs corrected. "
-            "With dropout rate 0 (keep_prob 1.0) dropout_on_logits changes nothing",
-            "data": "vggjax_digits (scikit-learn's real 8x8 handwritten digits, embedded) "
-            "classes 0,1,2 via vggjax.data.load"
-            f"(classes=(0,1,2), image_size=60, channels=3): train {len(data['train'][1])} images "
-            f"{np.bincount(data['train'][1]).tolist()}, test {len(data['test'][1])}",
-            "plateau_exit": f"first step whose trailing {WINDOW}-step mean train loss < 0.95 ln 3",
-            "probe": f"first {probe_n} training images; 'ratio' = std across images of a "
-            "layer's per-image mean output / |mean|",
+    args = p.parse_args(argv)
+    cfg = dict(QUICK if args.quick else FULL)
+    t0 = time.time()
+    runs = [
+        run(d, e, "", s, cfg) for d in cfg["datasets"] for e in cfg["extras"] for s in cfg["seeds"]
+    ]
+    runs += [
+        run(d, e, fix, s, cfg)
+        for fix in ("he", "bn")
+        for d in cfg["datasets"]
+        for e in cfg["fix_extras"]
+        for s in cfg["seeds"]
+    ]
+    result = experiment.record(
+        argv,
+        config={
+            **cfg,
+            "batch": 32,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "leave_threshold": LEAVE,
         },
-        "runs": runs,
-        "versions": versions(),
-    }
-    probe_x = data["train"][0][:probe_n]
-    result["init_probe"] = {"run_size": init_probes(width, probe_x, args.seed)}
-    if mode == "default":
-        result["init_probe"]["seed_size"] = init_probes(1.0, probe_x[:32], args.seed)
-    headline = {"ln3": LN3}
-    for size, probes in result["init_probe"].items():
-        for n, p in probes.items():
-            headline[f"init_{size}_{n}_logit_std_across_images"] = p["logits"]["between"]
-            headline[f"init_{size}_{n}_last_hidden_ratio"] = p[_last_hidden(p)]["ratio"]
-    for n, r in runs.items():
-        headline[f"{n}_final_loss_ma"] = r["final_loss_ma"]
-        headline[f"{n}_max_abs_ma_minus_ln3"] = r["max_abs_ma_minus_ln3"]
-        headline[f"{n}_plateau_exit"] = r["plateau_exit_step"]
-    result["headline"] = headline
-    if not args.no_plots:
-        result["plots"] = plot(result, args.out)
+        runs=runs,
+        summary=summarize(runs, cfg["steps"]),
+        source_bugs=source_bugs(cfg["width"]),
+    )
     result["seconds"] = round(time.time() - t0, 1)
-    with open(os.path.join(args.out, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps({"headline": result.get("headline"), "seconds": result["seconds"]}, indent=1))
+    experiment.write_result(result, args.out)  # before plotting: a plotting error loses no run
+    result["plots"] = [os.path.relpath(f, args.out) for f in plot(result, args.out)]
+    experiment.write_result(result, args.out)
+    for row in result["summary"]:
+        print(row)
     return result
 
 
