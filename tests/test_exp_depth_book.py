@@ -6,36 +6,24 @@ imported by the suite), writing into a temporary folder.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"exp_{name}", os.path.join(ROOT, "experiments", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from repo import load_experiment
 
 
 @pytest.fixture(scope="module")
 def depth_init(tmp_path_factory):
     out = tmp_path_factory.mktemp("depth_init")
-    result = _load("depth_init").main(["--quick", "--out", str(out)])
+    result = load_experiment("depth_init").main(["--quick", "--out", str(out)])
     return result, out
 
 
 @pytest.fixture(scope="module")
 def book_nets(tmp_path_factory):
     out = tmp_path_factory.mktemp("book_nets")
-    result = _load("book_nets").main(["--quick", "--out", str(out)])
+    result = load_experiment("book_nets").main(["--quick", "--out", str(out)])
     return result, out
 
 

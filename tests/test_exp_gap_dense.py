@@ -9,28 +9,16 @@ mean) and at 1×1 the final average pooling is the identity, bit for bit.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _experiment(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"experiment_{name}", ROOT / "experiments" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from repo import load_experiment
 
 
 @pytest.mark.slow
 def test_gap_dead_relu_quick(tmp_path):
-    res = _experiment("gap_dead_relu").main(["--quick", "--out", str(tmp_path)])
+    res = load_experiment("gap_dead_relu").main(["--quick", "--out", str(tmp_path)])
     relu = res["variant_runs"]["relu_scores"]
     hist = relu["history"]
     assert abs(relu["final_loss"] - math.log(2)) < 1e-4
@@ -54,7 +42,7 @@ def test_gap_dead_relu_quick(tmp_path):
 
 @pytest.mark.slow
 def test_dense_eval_quick(tmp_path):
-    res = _experiment("dense_eval").main(["--quick", "--out", str(tmp_path)])
+    res = load_experiment("dense_eval").main(["--quick", "--out", str(tmp_path)])
     for image in res["per_image"]:
         assert image["pool5_shape"][:2] == [12, 12]
         assert image["score_map_shape"][:2] == [6, 6]

@@ -4,32 +4,19 @@ The experiment tests run each script's ``main(["--quick", ...])`` in-process (mo
 fixtures, one run per script); they are marked slow (end-to-end) but still run in CI.
 """
 
-import importlib.util
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from repo import load_experiment
 
 from vggjax import optim
 
 LN3 = math.log(3.0)
-EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
-)
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(
-        f"exp_{name}", os.path.join(EXPERIMENTS, f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------- accumulate_gradients
@@ -85,7 +72,7 @@ def test_accumulate_gradients_matches_torch_without_zero_grad():
 @pytest.fixture(scope="module")
 def init_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("init_study")
-    result = _script("init_study").main(["--quick", "--torch-check", "--out", str(out)])
+    result = load_experiment("init_study").main(["--quick", "--torch-check", "--out", str(out)])
     return result, out
 
 

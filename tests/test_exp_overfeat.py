@@ -6,31 +6,19 @@ plateau before the net with an extra one, and the plateau does not get shorter w
 Marked slow (end-to-end) but still run in CI.
 """
 
-import importlib.util
 import math
 import os
 
 import numpy as np
 import pytest
+from repo import load_experiment
 
 LN3 = math.log(3.0)
-EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
-)
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(
-        f"exp_{name}", os.path.join(EXPERIMENTS, f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def overfeat_script():
-    return _script("overfeat_1x1")
+    return load_experiment("overfeat_1x1")
 
 
 @pytest.fixture(scope="module")

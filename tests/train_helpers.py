@@ -35,13 +35,18 @@ def tiny_config(**overrides):
     c.log_every_steps = 1
     c.progress = False
     c.compilation_cache = ""
-    for k, v in overrides.items():
-        node = c
-        *parents, last = k.split(".")
+    return override(c, **overrides)
+
+
+def override(config, **overrides):
+    """Set ``config``'s fields from ``overrides``, whose keys may be dotted; returns ``config``."""
+    for key, value in overrides.items():
+        node = config
+        *parents, last = key.split(".")
         for p in parents:
             node = node[p]
-        node[last] = v
-    return c
+        node[last] = value
+    return config
 
 
 def synthetic_batches(
