@@ -22,6 +22,7 @@ every layer's gain is the full-size net's (a full-width run costs ~1 s per step 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -90,11 +91,17 @@ def build(extra: int, width: float, fix: str, seed: int, **bugs) -> OverFeatSlim
     )
 
 
-def digits(seed: int, batch: int = 32):
-    """Fresh random batches (with replacement) of the train digits 0, 1, 2 at 60×60×3."""
+@functools.cache
+def digits012() -> tuple[np.ndarray, np.ndarray]:
+    """The train digits 0, 1, 2 at 60×60×3, read once for every run's batches and probe."""
     x, y = experiment.digits_arrays("vggjax_digits", "train", image_size=60, channels=3)
     keep = y < 3
-    x, y = x[keep], y[keep]
+    return x[keep], y[keep]
+
+
+def digits(seed: int, batch: int = 32):
+    """Fresh random batches (with replacement) of the train digits 0, 1, 2 at 60×60×3."""
+    x, y = digits012()
     rng = np.random.default_rng(seed)
     while True:
         idx = rng.integers(0, len(y), batch)
