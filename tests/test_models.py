@@ -1,5 +1,7 @@
 """VGG backbone and heads: exact parameter counts, head equivalences, pooling, shapes, errors."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ from flax import nnx
 
 import vggjax
 from vggjax.layers import adaptive_avg_pool
+from vggjax.models import registry
 
 TINY = 1 / 16  # widths 4..32 and fc hidden 256: fast on CPU
 
@@ -45,6 +48,23 @@ def test_builders_are_exported_and_named():
         assert fn.__name__ == arch
         model = nnx.eval_shape(lambda: fn(num_classes=7, width=TINY))
         assert model.num_classes == 7
+
+
+def test_builders_show_every_vgg_option_once_declared():
+    # The builders take VGG's keyword options as VGG.__init__ declares them (less cfg and
+    # batch_norm, which the name fixes): help(), inspect and the registry's option check see
+    # the same list, so a new VGG option reaches every builder and config.model_options.
+    want = [k for k in inspect.signature(vggjax.VGG.__init__).parameters]
+    want = [k for k in want if k not in ("self", "cfg", "batch_norm")]
+    for arch in vggjax.ARCHS:
+        sig = inspect.signature(getattr(vggjax, arch))
+        assert list(sig.parameters) == want
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in sig.parameters.values())
+        assert sig.parameters["name"].default == arch
+        assert sig.parameters["init"].default == "torchvision"
+        assert list(registry.get(arch).parameters()) == want[:-1]  # name is not an option
+    with pytest.raises(TypeError, match="batch_norm"):
+        vggjax.vgg11(batch_norm=True)
 
 
 def _ported_pair(size_ok=True):

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import inspect
 from typing import Any, Mapping, Sequence, Union
 
 import jax
@@ -260,42 +261,24 @@ def build(arch: str, **kwargs) -> VGG:
     return VGG(cfg, batch_norm=bn, **kwargs)
 
 
+def _signature(arch: str) -> inspect.Signature:
+    # VGG's own keyword options, declared once in VGG.__init__, less the two the builder fixes;
+    # help() and inspect.signature (the registry's option check) show them in full.
+    params = inspect.signature(VGG.__init__).parameters
+    kept = [p for k, p in params.items() if k not in ("self", "cfg", "batch_norm")]
+    kept = [p.replace(default=arch) if p.name == "name" else p for p in kept]
+    return inspect.Signature(kept, return_annotation=VGG)
+
+
 def _builder(arch: str):
     cfg, bn = ARCHS[arch]
 
-    def fn(
-        *,
-        num_classes: int = 1000,
-        head: str = "fc",
-        init: initializers.InitSpec = "torchvision",
-        bias_init: initializers.InitSpec | None = None,
-        width: float = 1.0,
-        in_channels: int = 3,
-        dropout: float = 0.5,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
-        **kwargs,
-    ) -> VGG:
-        return build(
-            arch,
-            num_classes=num_classes,
-            head=head,
-            init=init,
-            bias_init=bias_init,
-            width=width,
-            in_channels=in_channels,
-            dropout=dropout,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            compute=compute,
-            rngs=rngs,
-            **kwargs,
-        )
+    def fn(**kwargs: Any) -> VGG:
+        return build(arch, **kwargs)
 
     bn_text = " with BatchNorm" if bn else ""
     fn.__name__ = fn.__qualname__ = arch
+    fn.__signature__ = _signature(arch)
     fn.__doc__ = (
         f"VGG config {cfg}{bn_text} (``{arch}``). Keyword options as :class:`VGG` "
         "(num_classes, head, head_options, init, bias_init, width, in_channels, dropout, "
@@ -314,6 +297,5 @@ for _arch, (_cfg, _bn) in ARCHS.items():
         input_size=224,
         description=f"VGG config {_cfg}{' with BatchNorm' if _bn else ''} (torchvision layout)",
         family="vgg",
-        options=VGG.__init__,
-        fixed=("cfg", "batch_norm", "name"),
+        fixed=("name",),
     )
