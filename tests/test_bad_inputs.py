@@ -362,17 +362,12 @@ def files(path) -> dict[str, tuple[int, int]]:
 
 def config_with(overrides: dict[str, Any], places: dict[str, str]):
     import ml_collections
+    from train_helpers import override
 
-    d = base_config().to_dict()
-    for key, value in overrides.items():
-        node = d
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = fill(value, places) if isinstance(value, str) else value
-    # A ConfigDict refuses a value of another type, so build one from a plain dict, as a
-    # config file or a library user's script can.
-    return ml_collections.ConfigDict(d)
+    filled = {k: fill(v, places) if isinstance(v, str) else v for k, v in overrides.items()}
+    # A ConfigDict refuses a value of another type, so override a plain dict and build one
+    # from it, as a config file or a library user's script can.
+    return ml_collections.ConfigDict(override(base_config().to_dict(), **filled))
 
 
 IN_PROCESS = [n for n, c in CASES.items() if c.overrides is not None]

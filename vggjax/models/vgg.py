@@ -280,9 +280,8 @@ def _builder(arch: str):
     fn.__name__ = fn.__qualname__ = arch
     fn.__signature__ = _signature(arch)
     fn.__doc__ = (
-        f"VGG config {cfg}{bn_text} (``{arch}``). Keyword options as :class:`VGG` "
-        "(num_classes, head, head_options, init, bias_init, width, in_channels, dropout, "
-        "norm_momentum, norm_eps, dtype, param_dtype, compute, rngs). Input NHWC; returns logits."
+        f"VGG config {cfg}{bn_text} (``{arch}``). Keyword options as :class:`VGG` (all of them "
+        "are in this builder's signature). Input NHWC; returns logits."
     )
     return fn
 
