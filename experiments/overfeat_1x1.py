@@ -36,6 +36,7 @@ from flax import nnx  # noqa: E402
 
 from vggjax import experiment, optim  # noqa: E402
 from vggjax.models.reference import OverFeatSlim  # noqa: E402
+from vggjax.trainability import input_signal  # noqa: E402
 from vggjax.training import make_train_step, merge, state_from_model  # noqa: E402
 
 LN3 = math.log(3.0)
@@ -132,8 +133,7 @@ def probe_fn(graphdef, images):
         model = merge(graphdef, state)
         logits, feats = model(images, return_features=True)
         last = [k for k in feats if k.startswith("relu7")][-1]
-        spread = lambda v: jnp.mean(jnp.std(v.reshape(v.shape[0], -1), axis=0))  # noqa: E731
-        return {"hidden": spread(feats[last]), "logits": spread(logits)}
+        return {"hidden": input_signal(feats[last]), "logits": input_signal(logits)}
 
     return lambda step, state: {k: float(v) for k, v in jax.device_get(stats(state)).items()}
 

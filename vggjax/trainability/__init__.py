@@ -23,7 +23,7 @@ Where it lives: :mod:`.report` (what a check returns: :class:`Finding`, :class:`
 thresholds and the findings they support), :mod:`.watch` (the while-training half).
 """
 
-from vggjax.trainability.probe import check, measure
+from vggjax.trainability.probe import check, input_signal, measure
 from vggjax.trainability.report import EXPERIMENTS, Finding, Layer, Report, constant_loss
 from vggjax.trainability.rules import findings
 from vggjax.trainability.watch import Watch, warn
@@ -37,6 +37,7 @@ __all__ = [
     "check",
     "constant_loss",
     "findings",
+    "input_signal",
     "measure",
     "warn",
 ]

@@ -16,12 +16,17 @@ from vggjax.trainability.report import Layer, Report, constant_loss
 from vggjax.trainability.rules import findings
 
 
-def _signal(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(signal, spread)``: std across the batch axis (per unit, averaged), and that over the mean
-    magnitude."""
+def input_signal(x: jax.Array) -> jax.Array:
+    """The part of ``x (N, ...)`` that depends on the input: its std across the batch axis, per
+    unit, averaged (float32 scalar)."""
     x = x.astype(jnp.float32).reshape(x.shape[0], -1)
-    signal = jnp.mean(jnp.std(x, axis=0))
-    return signal, signal / (jnp.mean(jnp.abs(x)) + 1e-30)
+    return jnp.mean(jnp.std(x, axis=0))
+
+
+def _signal(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(signal, spread)``: :func:`input_signal`, and that over the mean magnitude."""
+    signal = input_signal(x)
+    return signal, signal / (jnp.mean(jnp.abs(x.astype(jnp.float32))) + 1e-30)
 
 
 def measure(
