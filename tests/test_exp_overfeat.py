@@ -106,3 +106,39 @@ def test_overfeat_source_bugs(overfeat_script):
     bugs = overfeat_script.source_bugs(0.125)
     assert bugs["conv11_grad_norm_when_conv12_reads_input"] == 0.0
     assert bugs["eval_output_shape_when_pool_in_train_only"] != [8, 3]
+
+
+def test_committed_result_backs_the_claim_table():
+    """experiments/README.md's overfeat_1x1 row states what the committed result.json holds:
+    per dataset the median steps to leave the plateau for 0 extra 1×1 layers (≥ 3 seeds), and
+    how many of the 1- and 2-extra runs left within the budget."""
+    import json
+
+    from repo import ROOT
+
+    with open(os.path.join(ROOT, "experiments", "results", "overfeat_1x1", "result.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(ROOT, "experiments", "README.md")) as f:
+        (row,) = [line for line in f if line.startswith("| One 1×1 head layer")]
+    rows = {(r["dataset"], r["fix"], r["extra_1x1"]): r for r in result["summary"]}
+    datasets, budget = result["config"]["datasets"], result["config"]["steps"]
+    assert len(result["config"]["seeds"]) >= 3 and set(result["config"]["extras"]) >= {0, 1, 2}
+    medians = [rows[d, "none", 0]["median"] for d in datasets]
+    left0 = sum(rows[d, "none", 0]["left"] for d in datasets)
+    runs0 = sum(rows[d, "none", 0]["seeds"] for d in datasets)
+    deep = [rows[d, "none", e] for d in datasets for e in (1, 2)]
+    he = [s for d in datasets for e in (1, 2) for s in rows[d, "he", e]["per_seed"]]
+    bn = [s for d in datasets for e in (1, 2) for s in rows[d, "bn", e]["per_seed"]]
+    growth2 = [rows[d, "none", 2]["logit_spread_growth_per_1000_steps"] for d in datasets]
+    expected = [
+        f"{budget:,} steps",
+        f"0 extra layers {medians[0]:.0f} (digits) / {medians[1]:.0f} (squares), "
+        f"{left0}/{runs0} runs leave",
+        f"1 and 2 extra layers: {sum(r['left'] for r in deep)}/{sum(r['seeds'] for r in deep)} "
+        f"runs leave within {budget:,} steps",
+        f"×{min(growth2):.2f}–{max(growth2):.2f} per 1000 steps with 2 extra",
+        f"He init leaves in {min(he)}–{max(he)} steps, BatchNorm in {min(bn)}–{max(bn)}",
+    ]
+    assert datasets == ["digits", "squares"] and None not in medians + he + bn
+    for text in expected:
+        assert text in row, text
