@@ -8,6 +8,10 @@
 * :class:`GAPHead` (``head="gap"``) — conv(s) straight to ``num_classes`` channels, then
   global average pooling; optional ReLU on the scores, optional FC after the pooling.
 
+Each head takes the layer options of :mod:`vggjax.models.options` (``dtype``, ``param_dtype``,
+``compute`` and ``rngs``, which a head requires); fc and fc_conv also take :data:`CLASSIFIER`'s
+``hidden`` and ``dropout``.
+
 Every head records its intermediate activations in the ``feats`` dict it is given, under
 stable names (``fc6``, ``relu6``, ``score_map``, …); :func:`vggjax.summary` relies on this.
 Flatten order: NHWC flattens as (h, w, c); ``vggjax.convert`` permutes torchvision's
@@ -29,9 +33,12 @@ from flax import nnx
 
 from vggjax import layers, ops
 from vggjax.errors import ConfigError
-from vggjax.ops import Policy
+from vggjax.models.options import LAYER, REQUIRED, layer_kw, option, takes
 
 Array = jax.Array
+
+# The two options the fc and fc_conv heads share: fc6's and fc7's width, and their dropout.
+CLASSIFIER = (option("hidden", 4096, "int"), option("dropout", 0.5, "float"))
 
 
 def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
@@ -56,22 +63,12 @@ class FCHead(nnx.Module):
 
     min_feature_size = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        hidden: int = 4096,
-        dropout: float = 0.5,
-        pool_size: int = 7,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs,
-    ):
+    @takes(CLASSIFIER + LAYER, rngs=REQUIRED)
+    def __init__(self, in_channels: int, num_classes: int, *, pool_size: int = 7, **options):
+        hidden, dropout, rngs = options["hidden"], options["dropout"], options["rngs"]
         _check_hidden("fc", hidden)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.compute = Policy.parse(compute)
+        kw = layer_kw(options)
+        self.compute = options["compute"]
         self.pool_size = pool_size
         self.fc6 = layers.linear(in_channels * pool_size * pool_size, hidden, **kw)
         self.drop6 = _dropout(dropout, rngs)
@@ -109,22 +106,19 @@ class ConvHead(nnx.Module):
     the logits are its spatial mean, or the map itself when ``return_map`` is set.
     """
 
+    @takes(CLASSIFIER + LAYER, rngs=REQUIRED)
     def __init__(
         self,
         in_channels: int,
         num_classes: int,
         *,
-        hidden: int = 4096,
-        dropout: float = 0.5,
         kernel_size: int = 7,
         return_map: bool = False,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs,
+        **options,
     ):
+        hidden, dropout, rngs = options["hidden"], options["dropout"], options["rngs"]
         _check_hidden("fc_conv", hidden)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, compute=compute, rngs=rngs)
+        kw = dict(compute=options["compute"], **layer_kw(options))
         self.kernel_size = kernel_size
         self.return_map = return_map
         self.fc6 = layers.conv(in_channels, hidden, kernel_size, padding="VALID", **kw)
@@ -195,6 +189,7 @@ class GAPHead(nnx.Module):
 
     min_feature_size = 1
 
+    @takes(LAYER, rngs=REQUIRED)
     def __init__(
         self,
         in_channels: int,
@@ -208,14 +203,12 @@ class GAPHead(nnx.Module):
         dropout: float = 0.0,
         norm_momentum: float = 0.9,
         norm_eps: float = 1e-5,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs,
+        **options,
     ):
         _check_hidden("gap", hidden)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        ckw = dict(compute=compute, **kw)
+        kw = layer_kw(options)
+        rngs = kw["rngs"]
+        ckw = dict(compute=options["compute"], **kw)
         nkw = dict(momentum=norm_momentum, epsilon=norm_eps, **kw)
         self.hidden = tuple(int(h) for h in hidden)
         self.score_act = layers.activation(score_act)

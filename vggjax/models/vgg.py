@@ -27,7 +27,7 @@ from vggjax import initializers, layers
 from vggjax.errors import ConfigError, check_rate, one_of
 from vggjax.models import registry
 from vggjax.models.heads import make_head
-from vggjax.ops import Policy
+from vggjax.models.options import LAYER, NET, REQUIRED, layer_kw, takes
 
 Array = jax.Array
 Cfg = Sequence[Union[int, str]]
@@ -86,6 +86,7 @@ class Features(nnx.Module):
     Input ``(N, H, W, in_channels)``; output ``(N, H/2^p, W/2^p, C_last)`` for p pools.
     """
 
+    @takes(LAYER, rngs=REQUIRED)
     def __init__(
         self,
         cfg: Cfg,
@@ -95,13 +96,10 @@ class Features(nnx.Module):
         width: float = 1.0,
         norm_momentum: float = 0.9,
         norm_eps: float = 1e-5,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs,
+        **options,
     ):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.compute = compute = Policy.parse(compute)
+        kw = layer_kw(options)
+        self.compute = compute = options["compute"]
         plan: list[tuple[str, str]] = []  # (kind, name) in execution order
         stage, idx, cin = 1, 0, in_channels
         for v in cfg:
@@ -172,6 +170,7 @@ class VGG(nnx.Module):
     Use ``model.train()`` / ``model.eval()`` to switch dropout and BatchNorm statistics.
     """
 
+    @takes(NET)
     def __init__(
         self,
         cfg: str | Cfg = "D",
@@ -180,18 +179,13 @@ class VGG(nnx.Module):
         batch_norm: bool = False,
         head: str = "fc",
         head_options: Mapping[str, Any] | None = None,
-        init: initializers.InitSpec = "torchvision",
-        bias_init: initializers.InitSpec | None = None,
         width: float = 1.0,
         in_channels: int = 3,
         dropout: float = 0.5,
         norm_momentum: float = 0.9,
         norm_eps: float = 1e-5,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
         name: str = "VGG",
+        **options,
     ):
         if isinstance(cfg, str):
             if cfg not in CFGS:
@@ -202,12 +196,11 @@ class VGG(nnx.Module):
         if not width > 0:
             raise ConfigError(f"width must be > 0, got {width!r}")
         check_rate("dropout", dropout)
-        rngs = nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
-        self.compute = compute = Policy.parse(compute)
+        self.compute = compute = options["compute"]
         self.name = name
         self.in_channels = in_channels
         self.num_classes = num_classes
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = layer_kw(options)
         self.features = Features(
             cfg,
             in_channels=in_channels,
@@ -218,18 +211,18 @@ class VGG(nnx.Module):
             compute=compute,
             **kw,
         )
-        options = dict(head_options or {})
+        head_kw = dict(head_options or {})
         if head in ("fc", "fc_conv"):
-            options.setdefault("hidden", scale_width(4096, width))
-            options.setdefault("dropout", dropout)
+            head_kw.setdefault("hidden", scale_width(4096, width))
+            head_kw.setdefault("dropout", dropout)
         if head == "gap" and batch_norm:
-            options.setdefault("norm_momentum", norm_momentum)
-            options.setdefault("norm_eps", norm_eps)
+            head_kw.setdefault("norm_momentum", norm_momentum)
+            head_kw.setdefault("norm_eps", norm_eps)
         self.head = make_head(
-            head, self.features.out_channels, num_classes, compute=compute, **options, **kw
+            head, self.features.out_channels, num_classes, compute=compute, **head_kw, **kw
         )
         self.head_name = head
-        initializers.apply(self, init, bias_init, rngs=rngs)
+        initializers.apply(self, options["init"], options["bias_init"], rngs=kw["rngs"])
 
     @property
     def min_input_size(self) -> int:

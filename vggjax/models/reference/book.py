@@ -20,16 +20,8 @@ from flax import nnx
 
 from vggjax import initializers, layers
 from vggjax.errors import check_count, check_rate
-from vggjax.models.reference.common import (
-    batch_norm,
-    conv3,
-    flatten,
-    layer_kw,
-    output,
-    rec,
-    rngs_of,
-)
-from vggjax.ops import Policy
+from vggjax.models.options import LAYER, NET, REQUIRED, layer_kw, takes
+from vggjax.models.reference.common import batch_norm, conv3, flatten, output, rec
 
 Array = jax.Array
 
@@ -41,35 +33,25 @@ class _BookNet(nnx.Module):
     ``__init__`` is the ``(n_chans1, num_classes)`` constructor of :class:`NetWidth`,
     :class:`NetBatchNorm`, :class:`NetDepth` and :class:`NetRes`; the nets with other
     positional options spell out their own signature (it is what the docs, ``help()`` and the
-    model registry show) and pass it on to :meth:`_build`.
+    model registry show) and pass it on to :meth:`_build`. Every net takes the network
+    options of :mod:`vggjax.models.options` with PyTorch's default init.
     """
 
-    def __init__(
-        self,
-        n_chans1: int = 32,
-        num_classes: int = 2,
-        *,
-        init: initializers.InitSpec = "torch_default",
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
-    ):
-        self._build(n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs)
+    @takes(NET, init="torch_default")
+    def __init__(self, n_chans1: int = 32, num_classes: int = 2, **options):
+        self._build(n_chans1, num_classes, options)
 
-    def _build(
-        self, n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch
-    ) -> None:
+    def _build(self, n_chans1: int, num_classes: int, options: dict[str, Any], **arch) -> None:
         """The conv blocks (:meth:`_blocks`, given the net's own ``arch`` options), fc1 and fc2,
         then the initialisation."""
-        rngs = rngs_of(rngs)
-        self.compute = Policy.parse(compute)
+        kw = layer_kw(options)
+        rngs = kw["rngs"]
+        self.compute = options["compute"]
         self.n_chans1 = n_chans1
-        kw = layer_kw(rngs, dtype, param_dtype)
         flat = self._blocks(kw, rngs, **arch)
         self.fc1 = layers.linear(flat, 32, **kw)
         self.fc2 = layers.linear(32, num_classes, **kw)
+        init, bias_init = options["init"], options["bias_init"]
         initializers.apply(self, init, bias_init, rngs=rngs, default_init="torch_default")
 
     def _blocks(self, kw: dict[str, Any], rngs: nnx.Rngs, **arch) -> int:
@@ -135,19 +117,9 @@ class Net(_TwoTanhBlocks):
     output ``(N, num_classes)``. ``init`` defaults to PyTorch's own default.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 2,
-        *,
-        init: initializers.InitSpec = "torch_default",
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
-    ):
-        arch = dict(why="8*8*8")
-        self._build(16, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch)
+    @takes(NET, init="torch_default")
+    def __init__(self, num_classes: int = 2, **options):
+        self._build(16, num_classes, options, why="8*8*8")
 
 
 class NetWidth(_TwoTanhBlocks):
@@ -168,24 +140,10 @@ class NetDropout(_TwoTanhBlocks):
     output ``(N, num_classes)``.
     """
 
-    def __init__(
-        self,
-        n_chans1: int = 32,
-        p: float = 0.4,
-        num_classes: int = 2,
-        *,
-        init: initializers.InitSpec = "torch_default",
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
-    ):
+    @takes(NET, init="torch_default")
+    def __init__(self, n_chans1: int = 32, p: float = 0.4, num_classes: int = 2, **options):
         check_rate("dropout p", p)
-        arch = dict(dropout=p)
-        self._build(
-            n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch
-        )
+        self._build(n_chans1, num_classes, options, dropout=p)
 
 
 class NetBatchNorm(_TwoTanhBlocks):
@@ -252,22 +210,13 @@ class ResBlock(nnx.Module):
     print the forward without it). Shapes ``(N, H, W, n_chans) -> (N, H, W, n_chans)``.
     """
 
+    @takes(LAYER, rngs=REQUIRED)
     def __init__(
-        self,
-        n_chans: int,
-        *,
-        residual: bool = True,
-        norm_momentum: float = 0.9,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs,
+        self, n_chans: int, *, residual: bool = True, norm_momentum: float = 0.9, **options
     ):
-        kw = layer_kw(rngs, dtype, param_dtype)
+        kw = layer_kw(options)
         self.residual = residual
-        self.conv = layers.conv(
-            n_chans, n_chans, 3, padding=1, use_bias=False, compute=compute, **kw
-        )
+        self.conv = conv3(n_chans, n_chans, kw, options["compute"], use_bias=False)
         self.batch_norm = layers.batch_norm(n_chans, momentum=norm_momentum, epsilon=1e-5, **kw)
         self.batch_norm.scale.set_value(jnp.full_like(self.batch_norm.scale.get_value(), 0.5))
 
@@ -305,6 +254,7 @@ class NetResDeep(_BookNet):
     ``(N, 32, 32, 3)``; output ``(N, num_classes)``.
     """
 
+    @takes(NET, init="torch_default")
     def __init__(
         self,
         n_chans1: int = 32,
@@ -313,18 +263,11 @@ class NetResDeep(_BookNet):
         *,
         shared_block: bool = False,
         residual: bool = True,
-        init: initializers.InitSpec = "torch_default",
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
+        **options,
     ):
-        init = _with_own_init(init, {"block*/conv": "he_normal(fan_in)"})
+        options["init"] = _with_own_init(options["init"], {"block*/conv": "he_normal(fan_in)"})
         arch = dict(n_blocks=n_blocks, shared_block=shared_block, residual=residual)
-        self._build(
-            n_chans1, num_classes, init, bias_init, dtype, param_dtype, compute, rngs, **arch
-        )
+        self._build(n_chans1, num_classes, options, **arch)
 
     def _blocks(self, kw, rngs, *, n_blocks: int, shared_block: bool, residual: bool):
         check_count("n_blocks", n_blocks)

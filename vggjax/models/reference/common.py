@@ -3,8 +3,6 @@ layers."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -14,10 +12,6 @@ from vggjax.errors import ShapeError
 from vggjax.ops import Policy
 
 Array = jax.Array
-
-
-def rngs_of(rngs: nnx.Rngs | int) -> nnx.Rngs:
-    return nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
 
 
 def rec(feats: dict, name: str, x: Array) -> Array:
@@ -42,10 +36,6 @@ def flatten(x: Array, feats: dict, *, expected: int, name: str, why: str) -> Arr
             f"{name} expects 32x32 inputs ({why} = {expected} features for fc1), got {n} features"
         )
     return rec(feats, "flatten", x.reshape(x.shape[0], n))
-
-
-def layer_kw(rngs: nnx.Rngs, dtype, param_dtype) -> dict[str, Any]:
-    return dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def conv3(cin: int, cout: int, kw: dict, compute: Policy, *, use_bias: bool = True) -> nnx.Conv:

@@ -13,9 +13,9 @@ from flax import nnx
 
 from vggjax import initializers, layers
 from vggjax.errors import check_count, check_rate
-from vggjax.models.reference.common import output, rec, rngs_of
+from vggjax.models.options import NET, layer_kw, takes
+from vggjax.models.reference.common import output, rec
 from vggjax.models.vgg import scale_width
-from vggjax.ops import Policy
 
 Array = jax.Array
 
@@ -55,6 +55,7 @@ class OverFeatSlim(nnx.Module):
     belongs to the optimizer. Output ``(N, num_classes)``.
     """
 
+    @takes(NET, init=None)
     def __init__(
         self,
         num_classes: int = 3,
@@ -67,19 +68,14 @@ class OverFeatSlim(nnx.Module):
         dropout: float = 0.5,
         width: float = 1.0,
         in_channels: int = 3,
-        init: initializers.InitSpec | None = None,
-        bias_init: initializers.InitSpec | None = None,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
+        **options,
     ):
         check_count("extra_1x1", extra_1x1)
         check_rate("dropout", dropout)
-        rngs = rngs_of(rngs)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = layer_kw(options)
+        rngs = kw["rngs"]
         c = functools.partial(scale_width, width=width)
-        self.compute = Policy.parse(compute)
+        self.compute = options["compute"]
         self.in_channels = in_channels
         self.conv12_reads_input = conv12_reads_input
         self.pool_in_train_only = pool_in_train_only
@@ -107,6 +103,7 @@ class OverFeatSlim(nnx.Module):
                 )
         self.fc9 = layers.conv(c(1024), num_classes, 1, padding="SAME", compute=self.compute, **kw)
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout_on_logits else None
+        init, bias_init = options["init"], options["bias_init"]
         initializers.apply(
             self,
             OVERFEAT_INIT if init is None else init,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import collections
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from vggjax import initializers, layers
-from vggjax.models.reference.common import output, rec, rngs_of
-from vggjax.ops import Policy
+from vggjax.models.options import LAYER, layer_kw, takes
+from vggjax.models.reference.common import output, rec
 
 Array = jax.Array
 
@@ -29,20 +28,18 @@ class TwoConvBN(nnx.Module):
     training mode.
     """
 
+    @takes(LAYER)
     def __init__(
         self,
         num_classes: int = 3,
         *,
         init: initializers.InitSpec = "he_normal(fan_in)",
         only_conv2: bool = False,
-        dtype=None,
-        param_dtype=jnp.float32,
-        compute: Policy | str = "auto",
-        rngs: nnx.Rngs | int = 0,
+        **options,
     ):
-        rngs = rngs_of(rngs)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, compute=Policy.parse(compute), rngs=rngs)
-        nkw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        nkw = layer_kw(options)
+        rngs = nkw["rngs"]
+        kw = dict(compute=options["compute"], **nkw)
         c = num_classes
         self.only_conv2 = only_conv2
         self.num_classes = num_classes

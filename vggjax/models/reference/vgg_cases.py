@@ -10,18 +10,15 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-from flax import nnx
-
-from vggjax import initializers
 from vggjax.freeze import freeze
+from vggjax.models.options import NET, takes
 from vggjax.models.vgg import CFGS, VGG, scale_width
-from vggjax.ops import Policy
 
 # VGG-16 (config D) without its last max pool: WSDR keeps conv5's 14×14 map at 224 input.
 WSDR_CFG: list[int | str] = CFGS["D"][:-1]
 
 
+@takes(NET, init="torch_default")
 def wsdr(
     num_classes: int = 20,
     *,
@@ -29,13 +26,8 @@ def wsdr(
     fc: bool = False,
     score_relu: bool = True,
     width: float = 1.0,
-    init: initializers.InitSpec = "torch_default",
-    bias_init: initializers.InitSpec | None = None,
     in_channels: int = 3,
-    dtype=None,
-    param_dtype=jnp.float32,
-    compute: Policy | str = "auto",
-    rngs: nnx.Rngs | int = 0,
+    **options,
 ) -> VGG:
     """The WSDR network of seed 000 as a :class:`VGG` with a ``"gap"`` head.
 
@@ -60,21 +52,17 @@ def wsdr(
             "batch_norm": batch_norm,
             "fc": fc,
         },
-        init=init,
-        bias_init=bias_init,
         width=width,
         in_channels=in_channels,
         # PyTorch momentum=0 means running = 1·running + 0·batch: Flax momentum 1.0.
         norm_momentum=1.0,
         norm_eps=1e-3,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        compute=compute,
-        rngs=rngs,
         name="wsdr_bn" if batch_norm else "wsdr",
+        **options,
     )
 
 
+@takes(NET)
 def vgg16_fc_conv_400(
     num_classes: int = 3,
     *,
@@ -82,13 +70,8 @@ def vgg16_fc_conv_400(
     freeze_features: bool = True,
     width: float = 1.0,
     dropout: float = 0.5,
-    init: initializers.InitSpec = "torchvision",
-    bias_init: initializers.InitSpec | None = None,
     in_channels: int = 3,
-    dtype=None,
-    param_dtype=jnp.float32,
-    compute: Policy | str = "auto",
-    rngs: nnx.Rngs | int = 0,
+    **options,
 ) -> VGG:
     """The 400×400 VGG-16 of seed 001: frozen VGG-16 features + fc6 as a 12×12 conv.
 
@@ -104,16 +87,11 @@ def vgg16_fc_conv_400(
         num_classes=num_classes,
         head="fc_conv",
         head_options={"kernel_size": kernel_size},
-        init=init,
-        bias_init=bias_init,
         width=width,
         in_channels=in_channels,
         dropout=dropout,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        compute=compute,
-        rngs=rngs,
         name="vgg16_fc_conv_400",
+        **options,
     )
     if freeze_features:
         freeze(model, "features/*")
