@@ -15,16 +15,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from vggjax.errors import ShapeError, one_of
 
 
-def _f32(x: jax.typing.ArrayLike) -> jax.Array:
+def _f32(x: ArrayLike) -> jax.Array:
     x = jnp.asarray(x)
     return x.astype(jnp.float32) if x.dtype != jnp.float64 else x
 
 
-def _masked_mean(values: jax.Array, mask: jax.typing.ArrayLike | None) -> jax.Array:
+def _masked_mean(values: jax.Array, mask: ArrayLike | None) -> jax.Array:
     """Mean of ``values`` over the entries where ``mask`` is non-zero (0 if there are none)."""
     if mask is None:
         return jnp.mean(values)
@@ -40,9 +41,7 @@ def _masked_mean(values: jax.Array, mask: jax.typing.ArrayLike | None) -> jax.Ar
     return jnp.where(total > 0, jnp.sum(values * mask) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def _int_labels(
-    logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, fn: str
-) -> tuple[jax.Array, jax.Array]:
+def _int_labels(logits: ArrayLike, labels: ArrayLike, fn: str) -> tuple[jax.Array, jax.Array]:
     """float32 ``logits`` and integer ``labels`` of ``fn``'s shapes, or a ShapeError."""
     logits, labels = _f32(logits), jnp.asarray(labels)
     if labels.shape != logits.shape[:-1]:
@@ -56,9 +55,9 @@ def _int_labels(
 
 
 def softmax_cross_entropy(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    mask: jax.typing.ArrayLike | None = None,
+    logits: ArrayLike,
+    labels: ArrayLike,
+    mask: ArrayLike | None = None,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
     """Mean softmax cross-entropy of ``logits (..., C)`` against integer ``labels (...)``.
@@ -77,9 +76,7 @@ def softmax_cross_entropy(
 
 
 def multilabel_soft_margin(
-    logits: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    mask: jax.typing.ArrayLike | None = None,
+    logits: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None
 ) -> jax.Array:
     """Multi-label soft-margin loss of ``logits (..., C)`` against 0/1 ``targets (..., C)``.
 
@@ -117,10 +114,7 @@ def l2_penalty(params: Any, lam: float, mask: str = "all") -> jax.Array:
 
 
 def accuracy(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    mask: jax.typing.ArrayLike | None = None,
-    k: int = 1,
+    logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, k: int = 1
 ) -> jax.Array:
     """Fraction (float32 scalar in [0, 1]) of valid elements whose label is in the top ``k``.
 
@@ -137,10 +131,7 @@ def accuracy(
 
 
 def multilabel_accuracy(
-    logits: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    mask: jax.typing.ArrayLike | None = None,
-    threshold: float = 0.0,
+    logits: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None, threshold: float = 0.0
 ) -> jax.Array:
     """Fraction of (example, class) decisions that are right: ``logit > threshold`` vs target.
 
@@ -164,9 +155,7 @@ def _average_precision(scores: jax.Array, positive: jax.Array) -> jax.Array:
 
 
 def mean_average_precision(
-    scores: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    mask: jax.typing.ArrayLike | None = None,
+    scores: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None
 ) -> jax.Array:
     """Mean over classes of the average precision (the PASCAL VOC multi-label metric).
 

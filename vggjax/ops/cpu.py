@@ -29,7 +29,7 @@ pooling, so :mod:`vggjax.ops` only lowers them for CPU (or when asked, ``compute
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,12 +133,7 @@ def _live_taps(size: int, k: int, lo: int, out: int) -> tuple[int, int]:
 
 
 def im2col_conv(
-    x: Array,
-    kernel: Array,
-    padding: Pads,
-    *,
-    precision: Any = None,
-    preferred_element_type: Any = None,
+    x: Array, kernel: Array, padding: Pads, precision: Any = None, pet: Any = None
 ) -> Array:
     """Stride-1 NHWC × HWIO convolution as patch extraction + one matmul.
 
@@ -159,18 +154,13 @@ def im2col_conv(
         patches.reshape(n * oh * ow, -1),
         k,
         precision=precision,
-        preferred_element_type=preferred_element_type,
+        preferred_element_type=pet,
     )
     return y.reshape(n, oh, ow, o)
 
 
 def row_im2col_conv(
-    x: Array,
-    kernel: Array,
-    padding: Pads,
-    *,
-    precision: Any = None,
-    preferred_element_type: Any = None,
+    x: Array, kernel: Array, padding: Pads, precision: Any = None, pet: Any = None
 ) -> Array:
     """Stride-1 NHWC × HWIO convolution as im2col along the width only, one matmul, shifted adds.
 
@@ -193,7 +183,7 @@ def row_im2col_conv(
         rows.reshape(n * hp * ow, kw * c),
         k,
         precision=precision,
-        preferred_element_type=preferred_element_type,
+        preferred_element_type=pet,
     )
     z = z.reshape(n, hp, ow, kh * o)
     return sum(z[:, i : i + oh, :, i * o : (i + 1) * o] for i in range(kh))
@@ -248,6 +238,14 @@ def _tapgrad_bwd(padding, precision, pet, res, dy):
 
 tapgrad_conv.defvjp(_tapgrad_fwd, _tapgrad_bwd)
 
+# What choose() may return -> the conv, each called as (x, kernel, padding, precision, pet).
+FORMULATIONS: dict[str, Callable[..., Array]] = {
+    "im2col": im2col_conv,
+    "rows": row_im2col_conv,
+    "tapgrad": tapgrad_conv,
+    "lax_conv": xla.conv_nhwc,
+}
+
 
 def conv(
     policy: Policy, x: Array, kernel: Array, padding: Pads, precision: Any = None, pet: Any = None
@@ -256,13 +254,8 @@ def conv(
     kind = choose(
         policy, x.shape[1:3], kernel.shape[:2], padding, x.shape[3], kernel.shape[3], x.shape[0]
     )
-    if kind == "im2col":
-        return im2col_conv(x, kernel, padding, precision=precision, preferred_element_type=pet)
-    if kind == "rows":
-        return row_im2col_conv(x, kernel, padding, precision=precision, preferred_element_type=pet)
-    if kind == "tapgrad":
-        return tapgrad_conv(x, kernel, tuple(map(tuple, padding)), precision, pet)
-    return xla.conv_nhwc(x, kernel, padding, precision, pet)
+    pads = tuple(map(tuple, padding))  # hashable: tapgrad's padding is a static argument
+    return FORMULATIONS[kind](x, kernel, pads, precision, pet)
 
 
 def max_pool(x: Array, size: int = 2) -> Array:
