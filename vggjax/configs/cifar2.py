@@ -29,13 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment = "none"
     config.model = "net"
     config.model_options = ml_collections.ConfigDict()  # the book's defaults (n_chans1=32 ...)
-    config.optim.learning_rate = 1e-2
+    default.plain_sgd(config, learning_rate=1e-2, schedule="constant")
     config.optim.momentum = 0.0
-    config.optim.nesterov = False
     config.optim.weight_decay = 0.0
-    config.optim.weight_decay_mask = "all"
-    config.optim.schedule = "constant"
-    config.optim.warmup_epochs = 0.0
     config.num_epochs = 100
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000

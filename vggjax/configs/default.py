@@ -76,3 +76,14 @@ def get_config() -> ml_collections.ConfigDict:
     # JAX persistent compilation cache, plus the traced steps (vggjax.stepcache); "" = off.
     config.compilation_cache = "~/.cache/vggjax/jax"
     return config
+
+
+def plain_sgd(config: ml_collections.ConfigDict, learning_rate: float, schedule: str) -> None:
+    """Set ``config.optim`` to the SGD of the papers and the book: no Nesterov, no warm-up and
+    weight decay on every parameter, at ``learning_rate`` under ``schedule``; momentum and the
+    decay rate stay as they are."""
+    config.optim.learning_rate = learning_rate
+    config.optim.nesterov = False
+    config.optim.weight_decay_mask = "all"
+    config.optim.schedule = schedule
+    config.optim.warmup_epochs = 0.0

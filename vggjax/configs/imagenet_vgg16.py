@@ -36,12 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
     # default.py's momentum 0.9 and coupled weight decay 5e-4 are the paper's; so is dividing the
     # rate by 10 (plateau factor 0.1) when the validation accuracy (plateau mode "max", checked
     # every epoch) stops improving.
-    config.optim.learning_rate = 1e-2
-    config.optim.nesterov = False
-    config.optim.weight_decay_mask = "all"
-    config.optim.schedule = "plateau"
+    default.plain_sgd(config, learning_rate=1e-2, schedule="plateau")
     config.optim.plateau_patience = 2
-    config.optim.warmup_epochs = 0.0
     config.num_epochs = 74
     config.log_every_steps = 100
     config.checkpoint_every_steps = 2000

@@ -29,11 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model_options = ml_collections.ConfigDict(dict(score_relu=True, fc=False))
     config.loss = "multilabel_soft_margin"
     # SGD with default.py's momentum 0.9 and weight decay 5e-4, on every parameter.
-    config.optim.learning_rate = 1e-3
-    config.optim.nesterov = False
-    config.optim.weight_decay_mask = "all"
-    config.optim.schedule = "constant"
-    config.optim.warmup_epochs = 0.0
+    default.plain_sgd(config, learning_rate=1e-3, schedule="constant")
     config.num_epochs = 30
     config.checkpoint_every_steps = 1000
     config.diagnostics.enabled = True
