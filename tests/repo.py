@@ -11,7 +11,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_experiment(name: str):
-    """Import ``experiments/NAME.py`` (not a package) as a module."""
+    """Import ``experiments/NAME.py`` (not a package) as a module, with ``experiments/`` on
+    ``sys.path`` as when the script is run (its figures live in ``experiments/figures/``)."""
+    here = os.path.join(ROOT, "experiments")
+    if here not in sys.path:
+        sys.path.insert(0, here)
     spec = importlib.util.spec_from_file_location(
         f"experiment_{name}", os.path.join(ROOT, "experiments", f"{name}.py")
     )
