@@ -148,6 +148,19 @@ def test_auto_on_cpu_is_the_cpu_program_with_no_conditional_left():
     )
 
 
+def test_run_once_compile_options_are_cpu_only_and_compile():
+    # The trainability check compiles its probe with these: XLA:CPU's backend optimisations are
+    # skipped for a program that runs once; every other platform keeps its defaults.
+    assert ops.run_once_options("cpu") == {"xla_backend_optimization_level": 0}
+    assert ops.run_once_options("cuda") is None and ops.run_once_options("tpu") is None
+    options = ops.run_once_options("cpu")
+    options["xla_backend_optimization_level"] = 3  # a copy: the module's stays as declared
+    assert cpu.RUN_ONCE_OPTIONS == {"xla_backend_optimization_level": 0}
+    x = jnp.arange(6.0)
+    f = jax.jit(lambda x: jnp.sin(x) * 2).lower(x).compile(ops.run_once_options("cpu"))
+    np.testing.assert_allclose(f(x), np.sin(np.arange(6.0)) * 2, rtol=1e-6)
+
+
 def test_trainer_config_summary_and_reference_nets_take_the_policy():
     from vggjax import summary, train
     from vggjax.configs import default

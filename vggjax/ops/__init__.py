@@ -34,6 +34,7 @@ __all__ = [
     "Policy",
     "adaptive_avg_pool",
     "conv_formulation",
+    "run_once_options",
     "max_pool",
     "plain",
     "pooled_linear",
@@ -224,3 +225,9 @@ def sums_of_squares(leaves: Sequence[Array], *, policy: Policy = Policy()) -> li
         lambda ls: [xla.sum_of_squares(x) for x in ls],
     )
     return list(out)
+
+
+def run_once_options(platform: str) -> dict[str, Any] | None:
+    """Compiler options for a computation lowered for ``platform`` that runs once: on CPU,
+    :data:`vggjax.ops.cpu.RUN_ONCE_OPTIONS`; elsewhere None (the platform's defaults)."""
+    return dict(cpu.RUN_ONCE_OPTIONS) if platform == "cpu" else None

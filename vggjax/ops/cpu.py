@@ -258,6 +258,11 @@ def conv(
     return FORMULATIONS[kind](x, kernel, pads, precision, pet)
 
 
+# Compiler options for a computation that runs once (the trainability check's probe): XLA:CPU's
+# backend optimisations cost more compile time than they save on a single run.
+RUN_ONCE_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
+
+
 def max_pool(x: Array, size: int = 2) -> Array:
     """2-D max pooling, window and stride ``size``, no padding, written without ``reduce_window``.
 

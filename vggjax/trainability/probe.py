@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vggjax import diagnostics, losses
+from vggjax import diagnostics, losses, ops
 from vggjax.trainability.report import Layer, Report, constant_loss
 from vggjax.trainability.rules import findings
 
@@ -151,9 +151,8 @@ def check(model: nnx.Module, batch: dict[str, Any], loss_name: str, num_classes:
         return measure(m, batch, loss_name, static)
 
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    # Run once: on XLA:CPU the backend's optimisations cost more compile time than they save
-    # (about half of the check's compile for the quickstart model); other backends as usual.
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    # Compiled to run once, for this host's platform: the platform's run-once options.
+    options = ops.run_once_options(jax.default_backend())
     compiled = jax.jit(run).lower(state, batch).compile(options)
     raw = jax.device_get(compiled(state, batch))
     layers = _layers(raw, static)
