@@ -87,6 +87,12 @@ def test_bench_tiny_run_writes_positive_fields(tmp_path):
     assert v["flops"] > 0 and v["flops"] != jx["flops"]  # pool then fc6 is another program
     assert v["host"]["page_faults_per_step"] >= 0
     assert "variant no_fold" in proc.stdout
+    # The A/A control: the default step again, the same program, in the same turns.
+    c = r["variants"]["control"]
+    assert list(r["variants"]) == ["control", "no_fold"]
+    assert c["compute"] == "auto" and c["flops"] == jx["flops"]
+    assert c["step"]["steps"] == 2 and c["speed_vs_default"] > 0
+    assert "variant control (A/A control, the default step again)" in proc.stdout
 
 
 def test_conv_layer_shapes_follow_the_config():
@@ -162,6 +168,9 @@ def test_parse_variant_reads_a_policy_and_rejects_bad_ones():
     for spec, words in bad.items():
         with pytest.raises(SystemExit, match=words):
             bench.parse_variant(spec)
+    args = bench.cli._parser().parse_args(["--variant", "control:xla"])
+    with pytest.raises(SystemExit, match="'control' is the run's own A/A control"):
+        bench.run(args)
 
 
 def test_model_flops_are_the_plain_steps_whatever_the_policy():

@@ -16,6 +16,10 @@ from vggjax.bench import profile, report, step, timing
 from vggjax.bench.step import NUM_CLASSES
 
 VARIANT_FORMAT = "NAME:POLICY, e.g. old_tapgrad:auto,tapgrad_min_pixels=256 or plain:xla"
+# The A/A control: a second copy of the default step (the same executable, from the compilation
+# cache) timed in the same turns as everything else. Its speed against the default is what this
+# run's noise does to a ratio between two identical programs.
+CONTROL = "control"
 
 
 def parse_variant(spec: str) -> tuple[str, Any]:
@@ -77,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         f"{VARIANT_FORMAT.split(', ', 1)[1]}; repeatable",
     )
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager and torch.compile")
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help="with --variant or --torch: skip the A/A control (the default step timed twice)",
+    )
     p.add_argument("--no-torch-compile", action="store_true", help="with --torch: eager only")
     p.add_argument(
         "--profile",
@@ -152,10 +161,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _contenders(args: argparse.Namespace, config, variants, record: dict[str, Any]):
-    """Compile every step to be timed; ``(steps by name, finish callbacks by variant name)``."""
+    """Compile every step to be timed; ``(steps by name, finish callbacks by variant name)``.
+
+    A run that compares anything (``--variant``, ``--torch``) also times the :data:`CONTROL`
+    copy of the default step, unless ``--no-control``.
+    """
     one_jax, record["jax"], finish_jax = step.jax_step_setup(config)
     contenders: dict[str, Callable[[], None]] = {"jax": one_jax}
     finishers: dict[str, Callable[..., dict[str, Any]]] = {"": finish_jax}
+    if (variants or args.torch) and not args.no_control:
+        variants = [(CONTROL, config.compute), *variants]
     for name, policy in variants:
         vconfig = config.copy_and_resolve_references()
         vconfig.compute = str(policy)
@@ -227,6 +242,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]  # bad specs fail before anything is compiled
     if len({name for name, _ in variants}) < len(variants):
         raise SystemExit("error: --variant names must differ")
+    if any(name == CONTROL for name, _ in variants):
+        raise SystemExit(
+            f"error: --variant name {CONTROL!r} is the run's own A/A control; choose another name"
+        )
     load_start, t_start = os.getloadavg(), time.time()
     info = timing.machine_info()
     info["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")

@@ -56,8 +56,9 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     for k, v in record.get("ratios", {}).items():
         lines.append(f"{k}: {v:.2f}x")
     for name, v in record.get("variants", {}).items():
+        what = "A/A control, the default step again" if name == "control" else _variant_spec(v)
         lines.append(
-            f"variant {name} ({_variant_spec(v)}): {v['step']['median_s'] * 1e3:.0f} ms median, "
+            f"variant {name} ({what}): {v['step']['median_s'] * 1e3:.0f} ms median, "
             f"{v['speed_vs_default']:.2f}x the default step's speed"
         )
     for row in record.get("conv_profile", []):
