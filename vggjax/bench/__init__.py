@@ -30,6 +30,9 @@ What it measures, in one process (and one helper subprocess):
 * with ``--variant NAME:POLICY`` (repeatable): the JAX step under another compute policy
   (:class:`vggjax.ops.Policy`, e.g. ``old_tapgrad:auto,tapgrad_min_pixels=256``), timed in
   turns with the rest — the A/B behind a default;
+* with either of those: ``control``, the default step set up a second time (the same program)
+  and timed in the same turns, whose speed against the default is the run's noise floor for
+  any ratio (``--no-control`` skips it; docs/performance.md shows why it is there);
 * with ``--profile``: each conv layer's forward+backward time for ``lax.conv``, im2col+matmul,
   the per-tap kernel gradient and width-only im2col ("rows") at its shape, and each max
   pool's with ``reduce_window`` and with argmax-and-select (the measurements behind the

@@ -81,12 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         f"{VARIANT_FORMAT.split(', ', 1)[1]}; repeatable",
     )
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager and torch.compile")
-    p.add_argument(
-        "--no-control",
-        action="store_true",
-        help="with --variant or --torch: skip the A/A control (the default step timed twice)",
-    )
     p.add_argument("--no-torch-compile", action="store_true", help="with --torch: eager only")
+    p.add_argument("--no-control", action="store_true", help="skip the A/A control (default twice)")
     p.add_argument(
         "--profile",
         action="store_true",
