@@ -151,12 +151,7 @@ def _torchvision_head(
 
 
 def from_torchvision(
-    source: Any,
-    arch: str,
-    *,
-    num_classes: int | None = None,
-    dropout: float = 0.5,
-    seed: int = 0,
+    source: Any, arch: str, *, num_classes: int | None = None, dropout: float = 0.5, seed: int = 0
 ) -> VGG:
     """Build the vggjax ``arch`` holding torchvision weights, in eval mode.
 
