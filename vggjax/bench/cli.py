@@ -16,10 +16,7 @@ from vggjax.bench import profile, report, step, timing
 from vggjax.bench.step import NUM_CLASSES
 
 VARIANT_FORMAT = "NAME:POLICY, e.g. old_tapgrad:auto,tapgrad_min_pixels=256 or plain:xla"
-# The A/A control: a second copy of the default step (the same executable, from the compilation
-# cache) timed in the same turns as everything else. Its speed against the default is what this
-# run's noise does to a ratio between two identical programs.
-CONTROL = "control"
+CONTROL = report.CONTROL
 
 
 def parse_variant(spec: str) -> tuple[str, Any]:

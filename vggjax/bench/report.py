@@ -6,6 +6,11 @@ from typing import Any, Sequence
 
 from vggjax import hostmem
 
+# The A/A control's name among a record's variants: a second copy of the default step (the same
+# executable, from the compilation cache) timed in the same turns as everything else. Its speed
+# against the default is what the run's noise does to a ratio between two identical programs.
+CONTROL = "control"
+
 
 def summary_lines(record: dict[str, Any]) -> list[str]:
     """A short human-readable summary of a bench ``record``."""
@@ -56,7 +61,7 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     for k, v in record.get("ratios", {}).items():
         lines.append(f"{k}: {v:.2f}x")
     for name, v in record.get("variants", {}).items():
-        what = "A/A control, the default step again" if name == "control" else _variant_spec(v)
+        what = "A/A control, the default step again" if name == CONTROL else _variant_spec(v)
         lines.append(
             f"variant {name} ({what}): {v['step']['median_s'] * 1e3:.0f} ms median, "
             f"{v['speed_vs_default']:.2f}x the default step's speed"
