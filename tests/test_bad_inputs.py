@@ -207,18 +207,25 @@ CASES: dict[str, Case] = {
         "`--config.dataset=no_such_dataset`",
         "unknown dataset 'no_such_dataset'; the embedded (offline) ones are vggjax_digits, "
         "vggjax_digits2, vggjax_digits_multilabel, and any name in tfds.list_builders() works "
-        "once prepared",
+        "(prepared, or downloaded on first use)",
         overrides={"dataset": "no_such_dataset"},
     ),
     "dataset_not_prepared": Case(
-        "dataset not downloaded, machine offline",
-        "`--config.dataset=cifar10 --config.data_dir=EMPTY_DIR`",
-        "dataset 'cifar10' is not prepared in EMPTY_DIR and vggjax never downloads; "
-        "on a machine with network run `tfds build cifar10 --data_dir EMPTY_DIR` "
+        "dataset not prepared, downloads off",
+        "`--config.dataset=cifar10 --config.data_dir=EMPTY_DIR --config.download=False`",
+        "dataset 'cifar10' is not prepared in EMPTY_DIR and downloads are off "
+        "(--config.download=False or VGGJAX_OFFLINE=1); allow them, or on a machine with network "
+        "run `tfds build cifar10 --data_dir EMPTY_DIR` "
         '(or `python -c "import tensorflow_datasets as tfds; '
         "tfds.builder('cifar10', data_dir='EMPTY_DIR').download_and_prepare()\"`), "
         "then copy its cifar10 folder into EMPTY_DIR",
-        overrides={"dataset": "cifar10", "data_dir": "EMPTY_DIR"},
+        overrides={"dataset": "cifar10", "data_dir": "EMPTY_DIR", "download": False},
+    ),
+    "download_not_bool": Case(
+        "download switch of the wrong type",
+        '`config.download = "no"` in a config file',
+        "config.download must be True or False, got 'no'",
+        overrides={"download": "no"},
     ),
     "class_out_of_range": Case(
         "class subset out of range",

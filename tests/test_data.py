@@ -407,3 +407,15 @@ def test_bad_classes_raise_one_line_config_errors(data_dir):
         get_info("vggjax_digits", data_dir, classes=(12,))
     info = get_info("vggjax_digits", data_dir, classes=(7,))  # One class is allowed.
     assert info.num_classes == 1 and info.class_names == ("7",)
+
+
+def test_embedded_build_says_what_it_builds_not_that_it_downloads(tmp_path, capfd):
+    get_info("vggjax_digits2", str(tmp_path))
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err and "download" not in out + err
+    builder = tfds.builder("vggjax_digits2", data_dir=str(tmp_path))
+    assert out.strip().splitlines() == [
+        f"building vggjax_digits2 from scikit-learn's bundled digits into {builder.data_dir}"
+    ]
+    get_info("vggjax_digits2", str(tmp_path))  # built: nothing more to say
+    assert capfd.readouterr().out == ""

@@ -21,6 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "vggjax_digits"
     config.classes = ()  # a subset of class ids (relabelled 0..k-1), e.g. (0, 2); () = all
     config.data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets)
+    # A dataset not prepared in data_dir is downloaded and prepared by TFDS on first use (the
+    # embedded digits are built, fashion_mnist is read from Debian's files where installed);
+    # False (or VGGJAX_OFFLINE=1 in the environment) forbids downloads.
+    config.download = True
     config.image_size = 32
     config.channels = 0  # 0 = the dataset's own (1 for digits)
     config.augment = "default"  # per dataset; "none" or a dict of vggjax.data.Augment fields

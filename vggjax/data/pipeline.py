@@ -188,9 +188,13 @@ def _describe(
 
 
 def get_info(
-    name: str, data_dir: str | None = None, *, classes: Sequence[int | str] | None = None
+    name: str,
+    data_dir: str | None = None,
+    *,
+    classes: Sequence[int | str] | None = None,
+    download: bool = True,
 ) -> DatasetInfo:
-    """Describe dataset ``name`` (building the embedded ones if needed).
+    """Describe dataset ``name``, preparing it first if it is not there yet (see :func:`load`).
 
     Reads nothing but metadata, except with ``classes`` (see :func:`load`): then the
     labels of the train and test splits are read once (cached) to count the kept examples.
@@ -198,7 +202,7 @@ def get_info(
     ``data_dir`` (default: TFDS's, ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``), and
     :class:`ConfigError` for bad ``classes``.
     """
-    builder = _builder(name, data_dir)
+    builder = _builder(name, data_dir, download)
     spec = _spec(name, builder)
     if not builder.is_prepared():
         # Raises the "how to prepare" error (mock data passes).
@@ -262,6 +266,7 @@ def build_dataset(
     channels: int | None = None,
     shuffle_buffer: int = 50_000,
     classes: Sequence[int | str] | None = None,
+    download: bool = True,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Build this process's batched ``tf.data.Dataset`` of ``name``; see :func:`load`.
 
@@ -274,7 +279,7 @@ def build_dataset(
     _check_sizes(global_batch_size, process_count, start_step, channels)
     local_batch = global_batch_size // process_count
 
-    builder = _builder(name, data_dir)
+    builder = _builder(name, data_dir, download)
     spec = _spec(name, builder)
     split = split or (spec.train_split if train else spec.test_split)
     image_size = image_size or spec.image_size
@@ -342,8 +347,11 @@ def load(
     and labelled by position, so ``classes=(0, 2)`` on CIFAR-10 gives airplane 0, bird 1
     and ``info`` describes the subset (a single class is allowed; a :class:`ConfigError`
     for multi-label datasets, unknown ids and repeats). Counting the kept examples reads
-    the split's labels once per process at start-up. Embedded datasets are built on first
-    use; others must already be prepared in ``data_dir`` (a :class:`DataError` says how).
+    the split's labels once per process at start-up. A dataset not yet prepared in
+    ``data_dir`` is prepared on first use (:mod:`vggjax.data.prepare`): the embedded ones are
+    built, ``fashion_mnist`` is read from Debian's files where they are installed, others are
+    downloaded by TFDS unless ``download=False`` or ``VGGJAX_OFFLINE=1`` (then a
+    :class:`DataError` says how to prepare it).
     """
     ds, info = build_dataset(name, split, **options)
     batches = tfds.as_numpy(ds)
@@ -372,6 +380,7 @@ def get_datasets(
     process_index: int | None = None,
     process_count: int | None = None,
     classes: Sequence[int | str] | None = None,
+    download: bool = True,
 ) -> tuple[Iterator[dict[str, np.ndarray]], Iterable[dict[str, np.ndarray]], DatasetInfo]:
     """Return ``(train_iterator, eval_batches, info)`` for the dataset's default splits.
 
@@ -388,6 +397,7 @@ def get_datasets(
         process_index=process_index,
         process_count=process_count,
         classes=classes,
+        download=download,
     )
     shuffled = dict(seed=seed, start_step=start_step, augment=augment)
     train_iter, info = load(

@@ -2,7 +2,7 @@
 
 Every TFDS failure a user can cause (an unknown name, config or split, a dataset that is
 not prepared) becomes a one-line :class:`~vggjax.errors.DataError` that says what to do.
-The embedded digits datasets are built on first use, from files scikit-learn bundles.
+A dataset that is not prepared is prepared on first use (:mod:`vggjax.data.prepare`).
 """
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vggjax.data import digits as _digits  # noqa: F401  (registers the embedded builders)
+from vggjax.data import prepare
 from vggjax.data.specs import EMBEDDED_DATASETS, _base_name, _Spec, _spec
 from vggjax.errors import DataError
 
 
-def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    """Open the TFDS builder for ``name``, building the embedded datasets on first use."""
+def _builder(name: str, data_dir: str | None, download: bool = True) -> tfds.core.DatasetBuilder:
+    """Open the TFDS builder for ``name``, preparing it first if it is not there yet
+    (:mod:`vggjax.data.prepare`: embedded, Debian's files, or TFDS's download)."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError:
         raise DataError(
             f"unknown dataset {name!r}; the embedded (offline) ones are "
             f"{', '.join(EMBEDDED_DATASETS)}, "
-            "and any name in tfds.list_builders() works once prepared"
+            "and any name in tfds.list_builders() works (prepared, or downloaded on first use)"
         ) from None
     except (
         ValueError,
@@ -35,8 +37,10 @@ def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
             f"dataset {name!r} has no such config or version ({_known_variants(name)}); "
             "write it as NAME[/CONFIG][:VERSION]"
         ) from None
-    if _base_name(name) in EMBEDDED_DATASETS and not builder.is_prepared():
-        _prepare_embedded(builder)
+    if not builder.is_prepared():
+        manual = bool(builder.MANUAL_DOWNLOAD_INSTRUCTIONS or _spec(name).manual_files)
+        embedded = _base_name(name) in EMBEDDED_DATASETS
+        prepare.prepare(name, builder, embedded=embedded, manual=manual, download=download)
     return builder
 
 
@@ -50,23 +54,6 @@ def _known_variants(name: str) -> str:
         return "; ".join(parts) or "see tfds.list_builders()"
     except Exception:
         return "see tfds.list_builders()"
-
-
-def _prepare_embedded(builder: tfds.core.DatasetBuilder) -> None:
-    """Build an embedded dataset without a progress bar; tolerate a concurrent builder."""
-    try:
-        from tensorflow_datasets.core.utils import tqdm_utils
-
-        was_active = tqdm_utils._active  # tfds has no public getter; restore the user's choice
-        tfds.display_progress_bar(False)
-        try:
-            builder.download_and_prepare()  # Reads scikit-learn's bundled files: no network.
-        finally:
-            tfds.display_progress_bar(was_active)
-    except Exception:
-        # Another process (multi-host, same data_dir) may have finished first.
-        if not builder.is_prepared():
-            raise
 
 
 def _not_prepared(name: str, builder: tfds.core.DatasetBuilder) -> DataError:
@@ -86,7 +73,8 @@ def _not_prepared(name: str, builder: tfds.core.DatasetBuilder) -> DataError:
             f"put {need} in {root}/downloads/manual, then run {build}"
         )
     return DataError(
-        f"dataset {name!r} is not prepared in {root} and vggjax never downloads; on a machine with "
+        f"dataset {name!r} is not prepared in {root} and downloads are off "
+        f"(--config.download=False or {prepare.OFFLINE_ENV}=1); allow them, or on a machine with "
         f"network run {build}, then copy its {_base_name(name)} folder into {root}"
     )
 

@@ -62,7 +62,7 @@ _SPECS: dict[str, _Spec] = {
     "vggjax_digits2": _Spec(mean=(0.3114,), std=(0.3745,), augment=_SMALL),
     "vggjax_digits_multilabel": _Spec(mean=(0.1898,), std=(0.3312,), augment=_SMALL),
     "mnist": _Spec(mean=(0.1307,), std=(0.3081,), augment=_SMALL),
-    "fashion_mnist": _Spec(mean=(0.2860,), std=(0.3530,), augment=_SMALL),
+    "fashion_mnist": _Spec(mean=(0.2860,), std=(0.3530,), augment=_SMALL_FLIP),
     "cifar10": _Spec(
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), augment=_SMALL_FLIP
     ),

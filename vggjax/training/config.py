@@ -93,6 +93,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "config.eval_every_epochs must be a number > 0 (e.g. 0.5 = twice per epoch), "
             f"got {every!r}"
         )
+    if not isinstance(config.get("download", True), bool):
+        raise ConfigError(f"config.download must be True or False, got {config.download!r}")
     if config.parallel not in ("jit", "pmap"):
         raise one_of("parallel mode", config.parallel, ("jit", "pmap"))
     if config.get("nan_policy", "stop") not in ("stop", "skip"):
