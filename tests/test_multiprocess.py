@@ -114,3 +114,88 @@ def test_cli_trains_across_two_processes(tmp_path):
     assert evals and evals[-1]["examples"] == 359  # both processes' halves of the test split
     assert os.listdir(wd / "checkpoints") == ["3"]
     assert "done:" in results[0][1] and "done:" not in results[1][1]  # only process 0 reports
+
+
+def _records(workdir) -> list[dict]:
+    """The run's train and eval records without wall-clock fields (they differ between runs)."""
+    with open(workdir / "metrics.jsonl") as f:
+        recs = [json.loads(line) for line in f]
+    return [
+        {k: v for k, v in r.items() if k not in ("images_per_sec", "seconds")}
+        for r in recs
+        if r["kind"] in ("train", "eval")
+    ]
+
+
+def test_pod_preemption_every_process_saves_the_same_step_and_resumes(tmp_path):
+    """A Cloud TPU maintenance event sends SIGTERM to every host: both processes stop after the
+    same step, checkpoint it and exit with 143; rerunning resumes and matches an uninterrupted
+    run at every logged step."""
+    import signal
+
+    steps = 40
+    cache = str(tmp_path / "jax_cache")
+
+    def launch(workdir) -> list[subprocess.Popen]:
+        address = f"127.0.0.1:{free_port()}"
+        args = [
+            f"--workdir={workdir}",
+            f"--config.num_train_steps={steps}",
+            "--config.batch_size=16",
+            "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=1000",  # only the preemption saves mid-run
+            "--config.optim.schedule=constant",
+            "--config.optim.warmup_epochs=0",
+            "--config.model_options.width=0.0625",
+            "--config.model_options.head_options.hidden=16",
+            "--config.progress=False",
+            "--config.eval_batch_size=120",
+            "--config.eval_every_epochs=0.25",
+            f"--config.compilation_cache={cache}",
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            "--cpu_collectives=gloo",
+        ]
+        return [
+            subprocess.Popen(
+                [sys.executable, "-m", "vggjax.train", *args, f"--process_id={i}"],
+                env=cpu_env(DEVICES_PER_PROCESS),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(2)
+        ]
+
+    def finish(procs) -> list[tuple[int, str]]:
+        try:
+            return [(p.wait(timeout=TIMEOUT), p.communicate()[0]) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+
+    full, preempted = tmp_path / "full", tmp_path / "preempted"
+    check(finish(launch(full)))
+    procs = launch(preempted)
+    deadline = time.monotonic() + TIMEOUT
+    while not (preempted / "metrics.jsonl").exists() or not any(
+        json.loads(line)["step"] >= 12 for line in (preempted / "metrics.jsonl").open()
+    ):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    results = finish(procs)
+    assert [rc for rc, _ in results] == [143, 143], [out[-3000:] for _, out in results]
+    assert all("Traceback" not in out for _, out in results)
+    saved = sorted(int(d) for d in os.listdir(preempted / "checkpoints") if d.isdigit())
+    assert len(saved) == 1 and 12 <= saved[0] < steps, saved  # one step, the same for both
+    assert f"preempted (preemption notice) at step {saved[0]}/{steps}" in results[0][1]
+    assert [r["step"] for r in _records(preempted) if "loss" in r][-1] == saved[0]
+
+    resumed = finish(launch(preempted))
+    check(resumed)
+    assert f"resumed from step {saved[0]} " in resumed[0][1]
+    assert _records(preempted) == _records(full)

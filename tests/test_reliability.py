@@ -65,7 +65,10 @@ CLI_ARGS = [
 ]
 
 
-def start(workdir, cache, *extra: str) -> subprocess.Popen:
+def start(workdir, cache, *extra: str, in_terminal: bool = False) -> subprocess.Popen:
+    """The trainer on the tiny net; ``in_terminal``: in its own session, as a terminal runs a
+    foreground job, so that Ctrl-C is a SIGINT to its process group (a background job of a
+    non-interactive shell ignores SIGINT)."""
     config_file = os.path.join(os.path.dirname(cache), "tiny_net.py")
     if not os.path.exists(config_file):
         with open(config_file, "w") as f:
@@ -86,6 +89,7 @@ def start(workdir, cache, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=in_terminal,
     )
 
 
@@ -136,9 +140,12 @@ def signal_at(*targets: tuple[subprocess.Popen, object, int, int, bool]) -> list
 
 def records(workdir, kind: str = "train") -> list[dict]:
     recs = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    # Wall-clock throughput differs between runs; everything else must be bit-identical.
+    # Wall-clock throughput and eval time differ between runs; everything else must be
+    # bit-identical.
     return [
-        {k: v for k, v in r.items() if k != "images_per_sec"} for r in recs if r["kind"] == kind
+        {k: v for k, v in r.items() if k not in ("images_per_sec", "seconds")}
+        for r in recs
+        if r["kind"] == kind
     ]
 
 
@@ -244,6 +251,75 @@ def test_sigterm_checkpoints_the_current_step_and_exits(kill_runs):
     assert records(r["termed"]) == records(r["full"])
     with checkpoint.Checkpointer(r["termed"] / "checkpoints", read_only=True) as ckpt:
         assert ckpt.all_steps() == [stopped, STEPS] and ckpt.read_meta(stopped)["step"] == stopped
+
+
+@pytest.mark.slow
+def test_a_restart_before_the_first_checkpoint_logs_one_run(kill_runs):
+    """Killed before its first checkpoint, the same command starts again from step 0, says so in
+    one line, and metrics.jsonl then holds one run's records, the uninterrupted run's."""
+    workdir = kill_runs["full"].parent / "early"
+    cache = str(kill_runs["full"].parent / "jax_cache")
+    first = start(workdir, cache, "--config.checkpoint_every_steps=1000")
+    try:
+        signal_at((first, workdir, 8, signal.SIGKILL, False))
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not [d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+    assert records(workdir)  # the killed run logged steps
+    again = start(workdir, cache, "--config.checkpoint_every_steps=1000")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert f"no checkpoint in {workdir / 'checkpoints'}: starting from step 0 (the " in out
+    assert [r["step"] for r in records(workdir)] == list(range(1, STEPS + 1))
+    assert records(workdir) == records(kill_runs["full"])
+    assert records(workdir, "eval") == records(kill_runs["full"], "eval")
+
+
+def _ctrl_c(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_in_one_line_and_a_rerun_resumes(kill_runs, presses):
+    """Ctrl-C: the first stops after the step in flight, checkpoints it, says so in one line and
+    exits with 130; a second stops at once, also without a traceback, and leaves the newest good
+    checkpoint intact. Rerunning resumes and ends as the uninterrupted run."""
+    base = kill_runs["full"].parent
+    workdir, cache = base / f"ctrl_c_{presses}", str(base / "jax_cache")
+    proc = start(workdir, cache, "--config.checkpoint_every_steps=5", in_terminal=True)
+    try:
+        signal_at((proc, workdir, 8, signal.SIGCONT, True))  # running, with a checkpoint
+        _ctrl_c(proc)
+        if presses == 2:
+            time.sleep(0.05)
+            _ctrl_c(proc)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    with checkpoint.Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
+        newest = ckpt.latest_step()
+        assert newest is not None and newest >= 5
+    if presses == 1 or "interrupted (Ctrl-C) at step" in out:  # the second came too late
+        assert f"interrupted (Ctrl-C) at step {newest}/{STEPS}: checkpoint saved in " in out
+        assert "rerun the same command to resume" in out
+    else:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines[-1] == (
+            f"interrupted (Ctrl-C): stopped at once; the newest checkpoint, "
+            f"{workdir / 'checkpoints'}/{newest}, is intact; rerun the same command to resume "
+            "from it"
+        )
+    again = start(workdir, cache, "--config.checkpoint_every_steps=5")
+    out2, err2 = again.communicate(timeout=300)
+    assert again.returncode == 0, err2[-3000:]
+    assert f"resumed from step {newest} " in out2
+    assert records(workdir) == records(kill_runs["full"])
 
 
 # --- in-process: damaged checkpoints, failed writes, workdir checks ---------------------

@@ -49,7 +49,12 @@ def batch_for(config, batch_size: int):
 
     classes = tuple(config.get("classes", ()) or ()) or None
     try:
-        info = data.get_info(config.dataset, config.get("data_dir") or None, classes=classes)
+        info = data.get_info(
+            config.dataset,
+            config.get("data_dir") or None,
+            classes=classes,
+            download=config.get("download", True),
+        )
     except DataError as e:
         size, channels = config.get("image_size", 0) or 224, config.get("channels", 0) or 3
         num_classes = _classes(config, config.dataset)
@@ -92,9 +97,10 @@ def diagnose(config, batch_size: int = 0):
 
 
 def main(argv) -> None:
-    from absl import flags
+    from absl import flags, logging
 
     del argv
+    logging.set_verbosity(logging.ERROR)  # as the trainer: JAX's and TFDS's chatter stays off
     try:
         report = diagnose(flags.FLAGS.config, flags.FLAGS.batch_size)
     except VggjaxError as e:

@@ -7,13 +7,15 @@ with ``pandas.read_json(path, lines=True)``.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import math
 import os
 import re
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 
@@ -178,3 +180,39 @@ class Throughput:
         rate = images / max(now - self._t, 1e-9)
         self._t = now
         return rate
+
+
+class Timings:
+    """Wall seconds a run spends per activity (``"eval"``, ``"checkpoint"``, ``"input"``: waiting
+    for the next batch), to show where a run's time goes."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def time(self, what: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` block to ``what``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[what] += time.perf_counter() - t0
+
+    def iterate(self, what: str, iterator: Iterator[Any]) -> Iterator[Any]:
+        """``iterator``'s items, the time spent waiting for each added to ``what``."""
+        while True:
+            with self.time(what):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)

@@ -11,7 +11,8 @@ the names users import from here (``make_train_step``, ``state_from_model``, ``T
 are re-exported from :mod:`vggjax.training`.
 
 A user mistake ends in ``error: ...`` on one line and exit status 2 (``docs/bad-inputs.md``);
-a preempted run (SIGTERM) checkpoints its step and exits with status 143.
+a preempted run (SIGTERM) checkpoints its step and exits with status 143; the first Ctrl-C does the
+same with status 130, a second one stops at once (one line, status 130).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from vggjax.training import (  # noqa: E402, F401 - re-exported: the names users
     state_from_model,
     train_and_evaluate,
 )
+from vggjax.training.hooks import INTERRUPTED_EXIT_CODE, interrupted_at_once  # noqa: E402
 
 # 128 + SIGTERM, what a shell reports for a process SIGTERM ended: schedulers that requeue
 # preempted jobs see "not finished", and `python -m vggjax.train && next` stops here.
@@ -95,8 +97,10 @@ def main(argv: list[str]) -> None:
         summary = train_and_evaluate(FLAGS.config, workdir)
     except VggjaxError as e:
         _cli_error(str(e))
+    except KeyboardInterrupt:  # Ctrl-C before the first step: stop at once, in one line
+        interrupted_at_once(os.path.join(os.path.abspath(workdir), "checkpoints"))
     if summary.get("preempted"):
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(INTERRUPTED_EXIT_CODE if summary["signal"] == "SIGINT" else PREEMPTED_EXIT_CODE)
 
 
 class _DropOrbaxErrors:

@@ -119,18 +119,27 @@ def pool_profile(
 
 
 def pipeline_bench(
-    size: int, batch: int, seconds: float = 3.0, warmup: int = 5
+    size: int,
+    batch: int,
+    seconds: float = 3.0,
+    warmup: int = 5,
+    *,
+    dataset: str = "vggjax_digits",
+    channels: int | None = 3,
+    data_dir: str | None = None,
 ) -> dict[str, float]:
-    """Images/s of the embedded-digits training pipeline alone (resize to ``size``², augment,
-    normalise, batch)."""
+    """Images/s of a dataset's training pipeline alone (the embedded digits by default: decode,
+    resize to ``size``², augment, normalise, batch), pulled for ``seconds`` after ``warmup``
+    batches."""
     from vggjax import data
 
     batches, _ = data.load(
-        "vggjax_digits",
+        dataset,
         global_batch_size=batch,
         train=True,
         image_size=size,
-        channels=3,
+        channels=channels,
+        data_dir=data_dir,
         process_index=0,
         process_count=1,
     )

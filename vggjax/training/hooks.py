@@ -12,13 +12,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable, NoReturn, Sequence
 
 import jax
 import numpy as np
 
+from vggjax import metrics as metrics_lib
 from vggjax.training.loop import Hook, Loop, Record, host_scalars
 
 # Per-layer arrays and indices that belong in the "diag" record or nowhere, not in "train".
@@ -58,9 +62,12 @@ class Evaluate(Hook):
     the new state. :attr:`last` holds the latest result.
     """
 
-    def __init__(self, runner, eval_batches, every: int, writer, optim_config) -> None:
+    def __init__(
+        self, runner, eval_batches, every: int, writer, optim_config, timings=None
+    ) -> None:
         self.runner, self.eval_batches, self.every = runner, eval_batches, every
         self.writer, self.optim_config = writer, optim_config
+        self.timings = timings or metrics_lib.Timings()
         self.last: dict[str, Any] = {}
 
     def after_step(self, loop: Loop, step: int, state: Any) -> Any | None:
@@ -69,8 +76,10 @@ class Evaluate(Hook):
 
         if loop.stopping or not (step % self.every == 0 or step == loop.total_steps):
             return None
-        self.last = evaluate(self.runner, state, self.eval_batches)
-        self.writer.write(step, "eval", self.last)
+        t0 = time.perf_counter()
+        with self.timings.time("eval"):
+            self.last = evaluate(self.runner, state, self.eval_batches)
+        self.writer.write(step, "eval", {**self.last, "seconds": time.perf_counter() - t0})
         self.writer.log(
             f"step {step}/{loop.total_steps}: eval loss {self.last['loss']:.4f}, "
             f"accuracy {self.last['accuracy']:.4f}"
@@ -86,44 +95,59 @@ class Checkpoint(Hook):
     """Save through a :class:`vggjax.checkpoint.Checkpointer` after every step (it keeps its own
     interval), forced at the last step and when the loop stops; the steps are NaN-checked first."""
 
-    def __init__(self, checkpointer, to_host_state: Callable, metadata: dict[str, Any]) -> None:
+    def __init__(
+        self, checkpointer, to_host_state: Callable, metadata: dict[str, Any], timings=None
+    ) -> None:
         self.ckpt, self.to_host_state, self.metadata = checkpointer, to_host_state, metadata
+        self.timings = timings or metrics_lib.Timings()
 
     def needs_checked(self, loop: Loop, step: int) -> bool:
         return self.ckpt.should_save(step)
 
     def after_step(self, loop: Loop, step: int, state: Any) -> None:
         force = step == loop.total_steps or loop.stopping
-        self.ckpt.save(
-            step, self.to_host_state(state), {"step": step, **self.metadata}, force=force
-        )
+        with self.timings.time("checkpoint"):  # a no-op between saves (the interval is its own)
+            self.ckpt.save(
+                step, self.to_host_state(state), {"step": step, **self.metadata}, force=force
+            )
 
 
 class Preempt(Hook):
-    """Turns SIGTERM (what Cloud TPU, Kubernetes and Slurm send before taking the machine) into a
-    stop.
+    """Turns SIGTERM (what Cloud TPU, Kubernetes and Slurm send before taking the machine) and
+    Ctrl-C (SIGINT) into a stop.
 
-    The first SIGTERM asks the loop to stop after the step in flight (whose checkpoint the
-    :class:`Checkpoint` hook then forces); a second one gets the previous handler (the
-    default terminates at once). Installed only in the main thread of a single-process job:
-    with several processes, JAX's preemption notice (``checkpointer.reached_preemption``)
-    makes all of them stop at the same step instead.
+    The first signal asks the loop to stop after the step in flight (whose checkpoint the
+    :class:`Checkpoint` hook then forces). A second SIGTERM gets the previous handler (the
+    default terminates at once). A second Ctrl-C gets the previous handler too (Python's raises
+    KeyboardInterrupt) unless ``exit_on_second_interrupt``: then it ends the process at once
+    with one line and status 130 (:func:`interrupted_at_once`), as the trainer wants — a
+    KeyboardInterrupt can land anywhere, even in a garbage-collection callback that cannot pass
+    it on. Installed only in the main thread of a single-process job: with several processes,
+    JAX's preemption notice (``checkpointer.reached_preemption``) makes all of them stop at the
+    same step instead.
     """
 
-    def __init__(self, checkpointer=None) -> None:
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpointer=None, *, exit_on_second_interrupt: bool = False) -> None:
         self.ckpt = checkpointer
+        self.exit_on_second_interrupt = exit_on_second_interrupt
         self.requested = False
         self.reason = ""
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT and self.exit_on_second_interrupt:
+            interrupted_at_once(getattr(self.ckpt, "directory", None))
         self.requested = True
-        self.reason = signal.Signals(signum).name
-        signal.signal(signum, self._previous)
+        self.reason = self.reason or signal.Signals(signum).name
+        for sig, previous in self._previous.items():  # a second signal acts at once
+            if not (sig == signal.SIGINT and self.exit_on_second_interrupt):
+                signal.signal(sig, previous)
 
     def on_start(self, loop: Loop) -> None:
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def wants_stop(self, loop: Loop, step: int) -> bool:
         multi_host = jax.process_count() > 1
@@ -136,9 +160,34 @@ class Preempt(Hook):
         return True
 
     def close(self) -> None:
-        if self._previous is not None and not self.requested:
-            signal.signal(signal.SIGTERM, self._previous)
-        self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+def interrupted_at_once(checkpoint_dir: str | None) -> NoReturn:
+    """End the process now (Ctrl-C pressed again, or before training began): one line on stderr
+    naming the newest checkpoint in ``checkpoint_dir`` a rerun resumes from, status 130.
+
+    ``os._exit``: no cleanup runs, so nothing can print a traceback on the way out; a checkpoint
+    being written is left half-written, which the next run skips (orbax commits a step by
+    renaming its finished directory).
+    """
+    steps = []
+    if checkpoint_dir and os.path.isdir(checkpoint_dir):
+        steps = sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit())
+    where = (
+        f"the newest checkpoint, {checkpoint_dir}/{steps[-1]}, is intact; rerun the same "
+        "command to resume from it"
+        if steps
+        else "no checkpoint was saved yet; rerun the same command to start again"
+    )
+    sys.stdout.flush()
+    print(f"interrupted (Ctrl-C): stopped at once; {where}", file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED_EXIT_CODE)
 
 
 class History(Hook):

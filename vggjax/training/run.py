@@ -91,24 +91,32 @@ def _datasets(config, plan: config_lib.Plan, start: int):
         normalize=config.get("normalize", "default"),
         channels=plan.channels,
         classes=plan.classes,
+        download=config.get("download", True),
     )
     return train_iter, eval_batches
 
 
 def _open_log(config, workdir: str, plan: config_lib.Plan, start: int):
-    """The metrics writer; on resume, ``metrics.jsonl`` rewound to the restored step first."""
+    """The metrics writer; ``metrics.jsonl`` first rewound to the restored step (to nothing when
+    no checkpoint was restored), so the file always reads as one run."""
     from vggjax import metrics as metrics_lib
 
-    if start and jax.process_index() == 0:
-        # A killed run may have logged steps after its last checkpoint: they are
-        # trained again now, so drop them (and a finished run's summary) first.
-        rewind_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+    dropped = 0
+    if jax.process_index() == 0:
+        # A killed run may have logged steps after its last checkpoint (any step, if it had none
+        # yet): they are trained again now, so drop them (and a finished run's summary) first.
+        dropped = rewind_metrics(os.path.join(workdir, "metrics.jsonl"), start if start else -1)
     writer = metrics_lib.MetricsWriter(
         workdir, plan.total_steps, progress=config.get("progress", True), start_step=start
     )
     if start:
         writer.log(f"resumed from step {start} in {workdir}")
     else:
+        if dropped:
+            writer.log(
+                f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: starting from step 0 "
+                f"(the {dropped} records of the interrupted run are dropped)"
+            )
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     return writer
@@ -132,7 +140,7 @@ def _check_trainability(
 
 
 def _finish(
-    config, workdir, plan, result, ckpt, writer, runner, evaluator, seconds
+    config, workdir, plan, result, ckpt, writer, runner, evaluator, seconds, timings
 ) -> dict[str, Any]:
     """After the loop: wait for the checkpoint, then the preempted answer or the final evaluation
     and summary."""
@@ -146,13 +154,31 @@ def _finish(
     # a preempted run's checkpoint must be on disk before the scheduler takes the machine
     ckpt.wait()
     if result.stopped:
+        what = (
+            "interrupted (Ctrl-C)"
+            if result.stopped == "SIGINT"
+            else f"preempted ({result.stopped})"
+        )
         writer.log(
-            f"preempted ({result.stopped}) at step {result.step}/{plan.total_steps}: "
+            f"{what} at step {result.step}/{plan.total_steps}: "
             f"checkpoint saved in {ckpt.directory}/{result.step}; rerun the same command to resume"
         )
-        return {"preempted": True, "steps": result.step, "workdir": workdir}
+        return {
+            "preempted": True,
+            "signal": result.stopped,
+            "steps": result.step,
+            "workdir": workdir,
+        }
     last = evaluator.last or evaluate(runner, result.state, evaluator.eval_batches)
-    summary = {**last, "steps": plan.total_steps, "seconds": round(seconds, 1), "workdir": workdir}
+    spent = {f"{k}_seconds": round(v, 1) for k, v in sorted(timings.seconds.items())}
+    summary = {
+        **last,
+        "steps": plan.total_steps,
+        "seconds": round(seconds, 1),
+        **spent,
+        "peak_rss_mib": round(metrics_lib.peak_rss_mib()),
+        "workdir": workdir,
+    }
     writer.write(plan.total_steps, "summary", summary)
     if writer.active and os.path.exists(writer.path):
         metrics_lib.plot_curves(writer.path, os.path.join(workdir, "curves.png"))
@@ -160,6 +186,14 @@ def _finish(
         f"done: {config.model} on {config.dataset}: test accuracy {last['accuracy']:.4f} "
         f"(loss {last['loss']:.4f}, {last['examples']} examples) after {plan.total_steps} steps "
         f"in {seconds:.0f} s; results in {workdir}"
+    )
+    writer.log(
+        "time: "
+        + ", ".join(
+            f"{k.replace('_seconds', '')} {v:.0f} s ({v / max(seconds, 1e-9):.0%})"
+            for k, v in spent.items()
+        )
+        + f" of {seconds:.0f} s; peak RSS {summary['peak_rss_mib']} MiB"
     )
     return summary
 
@@ -193,13 +227,16 @@ def _train(
         diag_runner = make_runner(
             config, graphdef, eval_graphdef, tx, plan.loss, runner.to_host_state(state), True, key
         )[0]
-    evaluator = hooks_lib.Evaluate(runner, eval_batches, plan.eval_every, writer, config.optim)
+    timings = metrics_lib.Timings()
+    evaluator = hooks_lib.Evaluate(
+        runner, eval_batches, plan.eval_every, writer, config.optim, timings
+    )
     trainer_hooks = [
-        hooks_lib.Preempt(ckpt),
+        hooks_lib.Preempt(ckpt, exit_on_second_interrupt=True),
         hooks_lib.MetricsLog(writer, plan.batch_size, metrics_lib.Throughput()),
         *watch,
         evaluator,
-        hooks_lib.Checkpoint(ckpt, runner.to_host_state, {"model": config.model}),
+        hooks_lib.Checkpoint(ckpt, runner.to_host_state, {"model": config.model}, timings),
     ]
     image = (1, plan.image_size, plan.image_size, plan.channels)
 
@@ -212,7 +249,9 @@ def _train(
     result = fit(
         state,
         runner.train_step,
-        parallel.prefetch((runner.put_batch(b) for b in train_iter), lambda b: b, size=2),
+        timings.iterate(
+            "input", parallel.prefetch((runner.put_batch(b) for b in train_iter), lambda b: b, 2)
+        ),
         total_steps=plan.total_steps,
         start_step=start,
         log_every=max(1, config.log_every_steps),
@@ -224,7 +263,16 @@ def _train(
         parameter_names=forward_names,
     )
     return _finish(
-        config, workdir, plan, result, ckpt, writer, runner, evaluator, time.perf_counter() - t0
+        config,
+        workdir,
+        plan,
+        result,
+        ckpt,
+        writer,
+        runner,
+        evaluator,
+        time.perf_counter() - t0,
+        timings,
     )
 
 
@@ -242,9 +290,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     enable_compilation_cache(config.get("compilation_cache", ""))
     config_lib.check_batches(config)
     classes = tuple(config.get("classes", ()) or ()) or None
-    plan = config_lib.plan(
-        config, data.get_info(config.dataset, config.get("data_dir") or None, classes=classes)
+    info = data.get_info(
+        config.dataset,
+        config.get("data_dir") or None,
+        classes=classes,
+        download=config.get("download", True),
     )
+    plan = config_lib.plan(config, info)
     tx = optim.make_optimizer(
         config.optim, steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps
     )
