@@ -54,7 +54,45 @@ def _abstract(tree: Any, sharding: Any = None) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def trainer_steps(config) -> dict[str, tuple[Callable, tuple]]:
+def imagenet_plan(config):
+    """The :class:`~vggjax.training.config.Plan` of ``config`` on ImageNet (1000 classes, RGB,
+    1,281,167 training images), without reading the dataset."""
+    from vggjax.training.config import Plan
+
+    batch = config.batch_size
+    steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // batch
+    return Plan(
+        num_classes=IMAGENET_CLASSES,
+        channels=3,
+        image_size=config.image_size,
+        loss="softmax_cross_entropy",
+        batch_size=batch,
+        eval_batch_size=batch,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=config.num_epochs * steps_per_epoch,
+        eval_every=steps_per_epoch,
+        classes=None,
+    )
+
+
+def abstract_batch(plan, batch: int) -> dict[str, Any]:
+    """The trainer's batch of ``batch`` examples as ``ShapeDtypeStruct``\\ s: float32 NHWC images,
+    int32 labels (float32 multi-hot ``(batch, classes)`` for a multi-label loss), a bool mask."""
+    import jax
+    import jax.numpy as jnp
+
+    size = plan.image_size
+    multilabel = plan.loss == "multilabel_soft_margin"
+    return {
+        "image": jax.ShapeDtypeStruct((batch, size, size, plan.channels), jnp.float32),
+        "label": jax.ShapeDtypeStruct((batch, plan.num_classes), jnp.float32)
+        if multilabel
+        else jax.ShapeDtypeStruct((batch,), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
+    }
+
+
+def trainer_steps(config, *, plan=None, devices=None) -> dict[str, tuple[Callable, tuple]]:
     """``{"train": (jitted step, abstract args), "eval": ...}``: the trainer's steps for
     ``config``, as it jits them.
 
@@ -62,33 +100,29 @@ def trainer_steps(config) -> dict[str, tuple[Callable, tuple]]:
     mesh mode is ``jax.jit`` with the state replicated and the batch ``P("data")`` over all
     devices, the state donated; pmap mode is ``jax.pmap`` over the local devices with the
     batch split per device and BatchNorm averaging its statistics over the device axis.
+    ``plan`` (sizes, classes, batch sizes; default :func:`imagenet_plan`) and ``devices`` (the
+    mesh's or pmap's devices, e.g. a compile-only TPU topology's; default all devices, and for
+    pmap the local ones) generalise it to any run and target (:mod:`vggjax.aot`); with explicit
+    ``devices`` a pmap step is returned as the ``jax.pmap`` itself (a ``jax.jit`` around it
+    would lower for the default backend).
     """
     import jax
-    import jax.numpy as jnp
+    import numpy as np
 
     from vggjax import optim, parallel
     from vggjax.training import init_state, runner
 
-    batch = config.batch_size
-    steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // batch
+    plan = plan or imagenet_plan(config)
     tx = optim.make_optimizer(
-        config.optim,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=config.num_epochs * steps_per_epoch,
+        config.optim, steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps
     )
-    graphdef, eval_graphdef, make_state = init_state(config, IMAGENET_CLASSES, 3, tx)
+    graphdef, eval_graphdef, make_state = init_state(config, plan.num_classes, plan.channels, tx)
     state = jax.eval_shape(make_state)
-    size = config.image_size
-    images = {
-        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-        "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
-        "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_),
-    }
-    step, ev = runner.pure_steps(
-        config, graphdef, eval_graphdef, tx, "softmax_cross_entropy", state
-    )
+    train_batch = abstract_batch(plan, plan.batch_size)
+    eval_batch = abstract_batch(plan, plan.eval_batch_size)
+    step, ev = runner.pure_steps(config, graphdef, eval_graphdef, tx, plan.loss, state)
     if config.parallel == "pmap":
-        n = jax.local_device_count()
+        n = jax.local_device_count() if devices is None else len(devices)
 
         def per_device(tree, split: bool):
             return jax.tree.map(
@@ -98,18 +132,29 @@ def trainer_steps(config) -> dict[str, tuple[Callable, tuple]]:
                 tree,
             )
 
-        args = (per_device(state, False), per_device(images, True))
+        train = jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0, devices=devices)
+        evaluate = jax.pmap(ev, axis_name=parallel.AXIS, devices=devices)
+        if devices is None:
+            train, evaluate = jax.jit(train), jax.jit(evaluate)
+        replicated = per_device(state, False)
         return {
-            "train": (jax.jit(jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=0)), args),
-            "eval": (jax.jit(jax.pmap(ev, axis_name=parallel.AXIS)), args),
+            "train": (train, (replicated, per_device(train_batch, True))),
+            "eval": (evaluate, (replicated, per_device(eval_batch, True))),
         }
-    mesh = parallel.make_mesh()
+    if devices is None:
+        mesh = parallel.make_mesh()
+    else:  # Auto axes, as parallel.make_mesh makes them
+        auto = (jax.sharding.AxisType.Auto,)
+        mesh = jax.sharding.Mesh(np.asarray(devices), (parallel.AXIS,), axis_types=auto)
     train_opts, eval_opts = runner.mesh_jit_options(state, mesh)
-    args = (
-        _abstract(state, parallel.replicated(mesh)),
-        _abstract(images, parallel.batch_sharding(mesh)),
-    )
-    return {"train": (jax.jit(step, **train_opts), args), "eval": (jax.jit(ev, **eval_opts), args)}
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return {
+        "train": (
+            jax.jit(step, **train_opts),
+            (_abstract(state, rep), _abstract(train_batch, data)),
+        ),
+        "eval": (jax.jit(ev, **eval_opts), (_abstract(state, rep), _abstract(eval_batch, data))),
+    }
 
 
 def op_counts(mlir: str) -> dict[str, int]:
