@@ -203,13 +203,15 @@ def test_a_step_that_does_not_fit_says_what_it_needs_and_what_fits():
 @pytest.mark.parametrize("tpu_like", [False, True], ids=["gpu_like", "tpu_like"])
 def test_max_batch_search_finds_the_boundary_and_sees_recomputation(monkeypatch, tpu_like):
     """The search on a synthetic memory model (no compiles): 100 MiB + 3 MiB per example of a
-    200 MiB device, FLOPs per image 10% higher above 20 examples per device (recomputation).
+    200 MiB device, FLOPs per image 10% higher above 20 examples per device (recomputation,
+    which only XLA:TPU's post-optimisation count can show).
     ``tpu_like`` is what XLA:TPU does with the real VGG-16: a batch that does not fit fails to
     compile, saying only what it needed, and one that fits near the limit reports nearly all the
     memory (here from 100 examples, 1/3 of the line's answer, the first compile's batch); the
     search's line must not be fooled into guessing far beyond, as it was before."""
     mib = 2**20
-    target = dataclasses.replace(targets.resolve("v5e-8"), available_bytes=200 * mib)
+    name = "v5e-8" if tpu_like else "h100x8"
+    target = dataclasses.replace(targets.resolve(name), available_bytes=200 * mib)
     calls = []
 
     def entry(b_local: int) -> dict:
@@ -238,8 +240,12 @@ def test_max_batch_search_finds_the_boundary_and_sees_recomputation(monkeypatch,
         lambda b: (None, b), target, entry(8), dtype="bfloat16", parallel="jit"
     )
     assert found["per_device_batch"] == 33 and found["global_batch"] == 264 and found["exact"]
-    assert len(calls) <= (6 if tpu_like else 3)  # the line lands next to the boundary
-    assert found["rematerialisation"]["detected"] and found["rematerialisation"]["ratio"] > 1.05
+    assert len(calls) <= (4 if tpu_like else 3), calls  # the line lands next to the boundary
+    remat = found["rematerialisation"]
+    if tpu_like:
+        assert remat["detected"] and remat["ratio"] > 1.05
+    else:  # XLA:GPU's FLOPs are counted before optimisation: recomputation cannot show
+        assert remat["observable"] is False and remat["detected"] is None
 
 
 def test_xla_tpu_out_of_memory_message_is_parsed():

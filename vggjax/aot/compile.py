@@ -179,17 +179,21 @@ def compile_step(
 
 
 def does_not_fit_message(
-    target: Target, batch: int, needed: int | None, largest: int | None
+    target: Target, batch: int, needed: int | None, search: dict[str, Any] | None = None
 ) -> str:
-    """The one-line 'does not fit' error text."""
+    """The one-line 'does not fit' error text; ``search`` is :func:`~vggjax.aot.search.max_batch`'s
+    answer, if it ran."""
     need = f"needs {analysis.human_bytes(needed)} per device" if needed else "needs more memory"
     tail = ""
-    if largest is not None:
-        tail = (
-            f"; the largest global batch that fits is {largest}"
-            if largest
-            else "; not even one example per device fits"
-        )
+    if search is not None:
+        largest = search["global_batch"]
+        if largest:
+            tail = f"; the largest global batch that fits is {largest}"
+            tail += "" if search["exact"] else " (or more: the search hit --max-compiles)"
+        elif search["exact"]:
+            tail = "; not even one example per device fits"
+        else:
+            tail = "; no fitting batch found within --max-compiles"
     return (
         f"the train step of batch_size={batch} does not fit on {target.name}: it {need}, "
         f"{analysis.human_bytes(target.available_bytes)} available ({target.memory_note}){tail}"

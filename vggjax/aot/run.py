@@ -162,9 +162,9 @@ def compile_target(
         )
     record["fits"] = all(s["memory"]["fits"] for s in record["steps"].values())
     if train is not None and not train["memory"]["fits"]:
-        largest = record.get("max_batch", {}).get("global_batch")
         needed = train["memory"]["total_bytes"]
-        record["error"] = does_not_fit_message(target, train["batch"], needed, largest)
+        found = record.get("max_batch")
+        record["error"] = does_not_fit_message(target, train["batch"], needed, found)
     record["wall_s"] = round(time.perf_counter() - t0, 1)
     return record
 

@@ -8,7 +8,7 @@ memory it has (a batch that fits reports nearly all of it, whatever its size), s
 compile above :data:`SATURATED` of the available memory only moves the lower bound, while a
 refused compile's "needed" figure is a true point. Until a batch fails the search grows (at least
 doubling); once a fitting and a failing batch bracket the answer, a line guess that does not fall
-strictly inside the bracket, or that did not halve it last time, gives way to bisection. Every
+strictly inside the bracket, or when the last two did not halve it, gives way to bisection. Every
 compiled batch's FLOPs per image are kept: XLA:TPU rematerialises (recomputes activations) to fit
 a big batch, and rising FLOPs per image is that recomputation showing.
 """
@@ -73,16 +73,17 @@ def _next(
         return None
     fixed, slope = _line(points, first, saturated)
     guess = math.floor((available - fixed) / slope) if slope > 0 else None
-    # the line says lo is the answer: lo + 1 settles it, unless lo's report says nothing
-    trusted = lo in points and _usable(points[lo], saturated)
+    # The line says lo is the answer: lo + 1 settles it. Unless nothing bounds the search yet and
+    # lo's own report was a full memory, not a point on the line: then only growing finds out.
+    trusted = hi is not None or (lo in points and _usable(points[lo], saturated))
     if guess is not None and guess <= lo and trusted:
         guess = lo + 1
     if hi is None:  # grow: the line's guess, or double what fits
         return guess if guess is not None and guess > lo else 2 * max(lo, 1)
     guess = hi - 1 if guess is not None and guess >= hi else guess
     inside = guess is not None and lo < guess < hi and guess not in points
-    # bisect when the line says nothing new, or its last guess did not halve the bracket
-    if not inside or (width and hi - lo > width[-1] // 2):
+    # bisect when the line says nothing new, or its last two guesses did not halve the bracket
+    if not inside or (len(width) >= 2 and hi - lo > width[-2] // 2):
         guess = (lo + hi) // 2
     width.append(hi - lo)
     return guess

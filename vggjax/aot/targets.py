@@ -294,6 +294,10 @@ def compile_devices(target: Target) -> list[Any]:
 
     _require(target)
     if target.platform == "tpu":
+        # libtpu takes /tmp/libtpu_lockfile so that one process owns a real TPU; compiling for a
+        # topology owns none, and two compiling processes (pytest-xdist's workers, a second
+        # shell) must not fail with "Internal error when accessing libtpu multi-process lockfile".
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         with _quiet_stderr(_LIBTPU_NOISE):
             topology = topologies.get_topology_desc(platform="tpu", **target.topology)
     else:
