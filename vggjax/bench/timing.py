@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vggjax.metrics import peak_rss_mib  # noqa: F401 - the trainer's, re-exported for the bench
+
 PEAK_MATMUL_SIZE = 4096
 
 
@@ -94,11 +96,6 @@ def host_counter_stats(samples: Sequence[tuple[int, float]]) -> dict[str, float]
         "page_faults_per_step": float(np.median(faults)),
         "system_cpu_s_per_step": float(np.median(system)),
     }
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def git_state() -> dict[str, Any]:
