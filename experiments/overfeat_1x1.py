@@ -58,13 +58,16 @@ FULL = dict(
     after=100,
     lr=0.02,
 )
-QUICK = dict(  # FULL's digits runs of seed 0 with 0 and 1 extra layers, cut at 700 steps
+# FULL's squares runs of seed 1 with 0 and 1 extra layers, cut at 500 steps: of FULL's 0-extra
+# runs that leave the plateau and stay off it, this one leaves soonest (digits seed 1 leaves
+# sooner but climbs back to ln 3), so the tests' two runs take the fewest steps.
+QUICK = dict(
     width=0.25,
-    steps=700,
-    seeds=(0,),
+    steps=500,
+    seeds=(1,),
     extras=(0, 1),
     fix_extras=(),
-    datasets=("digits",),
+    datasets=("squares",),
     after=100,
     lr=0.02,
 )
@@ -259,7 +262,8 @@ def source_bugs(width: float) -> dict:
     _, m = jax.jit(make_train_step(graphdef, tx, "softmax_cross_entropy", with_diagnostics=True))(
         state, x
     )
-    eval_out = merge(eval_graphdef, state)(jnp.asarray(x["image"]))
+    # Only its shape is recorded: traced, not run (running it eagerly compiles every op).
+    eval_out = jax.eval_shape(lambda s: merge(eval_graphdef, s)(jnp.asarray(x["image"])), state)
     return {
         "conv11_grad_norm_when_conv12_reads_input": float(m["grad_norm/conv11"]),
         "eval_output_shape_when_pool_in_train_only": list(eval_out.shape),
@@ -340,7 +344,7 @@ def main(argv=None) -> dict:
     p = experiment.parser(
         __doc__,
         experiment.results_dir(__file__),
-        quick="digits, 0 and 1 extra layers, one seed, 700 steps (the tests' budget)",
+        quick="squares, 0 and 1 extra layers, one seed, 500 steps (the tests' budget)",
     )
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -366,7 +370,8 @@ def main(argv=None) -> dict:
         },
         runs=runs,
         summary=summarize(runs, cfg["steps"]),
-        source_bugs=source_bugs(cfg["width"]),
+        # The tests check the source bugs on their own, at a smaller width.
+        source_bugs=None if args.quick else source_bugs(cfg["width"]),
     )
     result["seconds"] = round(time.time() - t0, 1)
     experiment.write_result(result, args.out)  # before plotting: a plotting error loses no run
