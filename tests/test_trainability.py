@@ -54,6 +54,20 @@ def _vgg(init: str, bn: bool = False):
     )
 
 
+def _vgg11_bn():
+    import vggjax
+
+    # the default config's network (VGG-11-BN, width 1/4, He init) on 32x32 digits
+    return lambda: vggjax.vgg11_bn(
+        num_classes=10,
+        width=0.25,
+        init="he_normal",
+        head_options=dict(pool_size=1, hidden=256),
+        in_channels=1,
+        rngs=nnx.Rngs(0),
+    )
+
+
 def _ref(name: str, **kw):
     from vggjax.models import reference
 
@@ -166,6 +180,22 @@ CASES = {
         3,
         (),
     ),
+    "vgg11_bn_batch1": Case(
+        "batch_lr",
+        "the default config at batch 1: BN over 1 x 2 x 2 values per channel in block 5",
+        _vgg11_bn(),
+        (1, 32, 32, 1),
+        10,
+        ("bn_few_values",),
+    ),
+    "vgg11_bn_batch2": Case(
+        "batch_lr",
+        "batch 2: 8 values per channel (fix)",
+        _vgg11_bn(),
+        (2, 32, 32, 1),
+        10,
+        (),
+    ),
 }
 
 
@@ -254,6 +284,41 @@ def test_watch_says_a_plateau_a_collapse_and_a_blow_up_once_each():
     assert [f.kind for f in said] == ["plateau", "collapse", "blow_up"]
 
 
+def test_watch_judges_a_plateau_only_after_the_warm_up():
+    from vggjax import trainability
+
+    said = []
+    watch = trainability.Watch(
+        math.log(10), window=20, report=lambda items, step: said.extend(items), plateau_from=100
+    )
+    for step in range(1, 100):  # at ln 10 while the warm-up raises the learning rate
+        watch.observe(step, math.log(10), 1.0)
+    assert said == []
+    watch.observe(101, math.log(10), 1.0)
+    assert [(f.kind, f.step) for f in said] == [("plateau", 101)]
+
+
+def test_plateau_recheck_says_its_findings_or_what_it_ruled_out(capsys):
+    """The hook checks the network at the step after a plateau, once; with nothing found, one
+    plateau_unexplained line names what was ruled out."""
+    from vggjax.training import Loop, Record, hooks
+
+    checked = []
+    hook = hooks.Trainability(
+        math.log(10), recheck=lambda state: checked.append(state) or [], workdir="runs/x"
+    )
+    loop = Loop(total_steps=200, start_step=0)
+    for step in range(1, 80):
+        hook.on_records(loop, [Record(step, {"loss": math.log(10), "grad_norm": 1.0})], False)
+        hook.after_step(loop, step, f"state{step}")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and checked == ["state50"]  # the window: 50 steps
+    assert lines[0].startswith("warning: trainability: step 50: loss stuck at 2.3026")
+    assert "python -m vggjax.diagnose --workdir=runs/x prints the per-layer table" in lines[0]
+    assert lines[1].startswith("warning: trainability: step 50: the network at this step has no")
+    assert "try optim.learning_rate 10x lower and 10x higher" in lines[1]
+
+
 def _default(**overrides):
     from vggjax.configs import default
 
@@ -265,11 +330,14 @@ def _default(**overrides):
 
 
 @pytest.mark.slow
-def test_default_and_imagenet_configs_have_no_findings():
+def test_default_fashion_mnist_and_imagenet_configs_have_no_findings():
     from vggjax import diagnose
-    from vggjax.configs import imagenet_vgg16
+    from vggjax.configs import fashion_mnist, imagenet_vgg16
 
     assert diagnose.diagnose(_default(), 16).findings == []
+    fashion = fashion_mnist.get_config()
+    fashion.download = False  # prepared or not (then N(0, 1) images): no finding either way
+    assert diagnose.diagnose(fashion).findings == []
     # not prepared here: N(0, 1) 224x224 images, 1000 classes
     imagenet = imagenet_vgg16.get_config()
     report = diagnose.diagnose(imagenet, 4)
@@ -286,8 +354,20 @@ def test_trainer_reports_findings_at_step_0_and_a_plateau_while_training(tmp_pat
     config = _default(batch_size=3, num_train_steps=600)  # the warm-up (479 steps) as the default
     training.train_and_evaluate(config, str(workdir))
     found = [json.loads(line) for line in open(workdir / "metrics.jsonl") if '"finding"' in line]
-    assert [f["finding"] for f in found] == ["plateau"] and found[0]["step"] >= 50
+    # judged after the warm-up; then the network at that step is checked: fc6's ReLUs all died
+    assert [f["finding"] for f in found] == ["plateau", "dead_layer"], found
+    assert found[0]["step"] > 479 and found[1]["step"] >= found[0]["step"]
     assert "constant-prediction loss 2.3026" in found[0]["message"]
+    assert f"diagnose --workdir={workdir}" in found[0]["message"]
+    assert found[1]["layer"] == "relu6"
+    assert "optim.learning_rate (peak 0.05 at batch 3)" in found[1]["message"]
+    # diagnose --workdir says the same of the checkpoint, against the network at step 0
+    from vggjax import diagnose
+
+    report = diagnose.diagnose(diagnose.run_config(str(workdir)), 0, str(workdir))
+    assert report.trained and [f.kind for f in report.findings] == ["dead_layer"]
+    relu6 = next(r for r in report.layers if r.name == "relu6")
+    assert relu6.dead == 1.0 and report.logits_signal < 1e-6
     zero = tmp_path / "zero"
     config = _default(
         num_train_steps=2,

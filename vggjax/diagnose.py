@@ -3,12 +3,16 @@
     python -m vggjax.diagnose                                   # the default config
     python -m vggjax.diagnose --config=vggjax/configs/imagenet_vgg16.py --batch_size=8
     python -m vggjax.diagnose --config.model=vgg16 --config.model_options.init='normal(0.01)'
+    python -m vggjax.diagnose --workdir=runs/default-...           # a run, as trained so far
 
 Builds ``config.model`` exactly as ``python -m vggjax.train`` would (same config, same flags), takes
 one batch of the config's dataset (or, when the dataset is not prepared on this machine, N(0, 1)
 images with random labels, said so), runs :func:`vggjax.trainability.check` and prints the
 per-layer table — activation std, input dependence (spread across the batch), kernel gain,
-gradient norm, dead ReLU units — and the findings. Nothing is trained or written.
+gradient norm, dead ReLU units — and the findings. With ``--workdir``, the network is the run's
+newest checkpoint under the run's own config, checked against its initialisation on the same
+batch: what the trainer's plateau warning points at (a layer that died while training). Nothing is
+trained or written.
 """
 
 from __future__ import annotations
@@ -82,18 +86,66 @@ def batch_for(config, batch_size: int):
     return next(train), plan.num_classes, plan.loss, f"one training batch of {config.dataset}"
 
 
-def diagnose(config, batch_size: int = 0):
+def diagnose(config, batch_size: int = 0, workdir: str = ""):
     """Build ``config``'s model and check it on one batch; returns the
-    :class:`~vggjax.trainability.Report`."""
+    :class:`~vggjax.trainability.Report`. With ``workdir`` (a trainer run), the model gets that
+    run's newest checkpoint and is checked against its initialisation."""
     from vggjax import trainability
     from vggjax.training import config as config_lib
     from vggjax.training.state import create_model
 
     config_lib.check_config(config)
     batch, num_classes, loss, note = batch_for(config, batch_size or min(config.batch_size, 32))
-    print(f"{config.model}: {note}", file=sys.stderr)
     model = create_model(config, num_classes, batch["image"].shape[-1])
-    return trainability.check(model, batch, loss, num_classes)
+    setup = trainability.Setup(float(config.optim.learning_rate), config.batch_size)
+    if not workdir:
+        print(f"{config.model}: {note}", file=sys.stderr)
+        return trainability.check(model, batch, loss, num_classes, setup=setup)
+    before = trainability.check(model, batch, loss, num_classes, setup=setup)
+    trained, step = _restored(model, workdir)
+    print(f"{config.model} at step {step} of {workdir}: {note}", file=sys.stderr)
+    return trainability.check(trained, batch, loss, num_classes, before=before, setup=setup)
+
+
+def run_config(workdir: str):
+    """The config a trainer run wrote (``WORKDIR/config.json``), or a one-line DataError."""
+    import json
+
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except FileNotFoundError:
+        raise DataError(
+            f"--workdir={workdir}: no config.json there; point it at the --workdir of a "
+            "python -m vggjax.train run"
+        ) from None
+    except ValueError as e:
+        raise DataError(f"{path} is not a trainer config ({e}); was it edited?") from None
+
+
+def _restored(model, workdir: str):
+    """``(model with the run's newest checkpoint, its step)``."""
+    from flax import nnx
+
+    from vggjax import checkpoint
+    from vggjax.training.state import split_model
+
+    root = os.path.join(workdir, "checkpoints")
+    steps = [int(p) for p in os.listdir(root) if p.isdigit()] if os.path.isdir(root) else []
+    if not steps:
+        raise DataError(
+            f"--workdir={workdir} has no checkpoint yet; run the trainer until its first "
+            "checkpoint (config.checkpoint_every_steps), or check the initialisation with --config"
+        )
+    step = max(steps)
+    graphdef, params, frozen, stats, rngs = split_model(model)
+    target = {"params": params, "frozen": frozen, "batch_stats": stats}
+    loaded, _ = checkpoint.restore_params_from(workdir, target, step=step)
+    restored = nnx.merge(graphdef, loaded["params"], loaded["frozen"], loaded["batch_stats"], rngs)
+    return restored, step
 
 
 def main(argv) -> None:
@@ -102,7 +154,9 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.ERROR)  # as the trainer: JAX's and TFDS's chatter stays off
     try:
-        report = diagnose(flags.FLAGS.config, flags.FLAGS.batch_size)
+        workdir = flags.FLAGS.workdir
+        config = run_config(workdir) if workdir else flags.FLAGS.config
+        report = diagnose(config, flags.FLAGS.batch_size, workdir)
     except VggjaxError as e:
         from vggjax.train import _cli_error
 
@@ -125,6 +179,9 @@ def run() -> None:
         _cli_error(_flag_error_message(e))
     flags.DEFINE_integer(
         "batch_size", 0, "Examples in the checked batch (default: the config's, at most 32)."
+    )
+    flags.DEFINE_string(
+        "workdir", "", "A trainer run: check its newest checkpoint under its own config.json."
     )
     app.run(main, flags_parser=_parse_flags)
 

@@ -49,12 +49,18 @@ _VARIABLE_ATTRS = ("value", "raw_value")
 # backbone (``relu3_2``), the heads (``relu6``, ``head_relu1``, ``score_relu``) and the seed
 # nets (``block1_relu``), but not ``score_none`` or ``conv1_1``.
 _RELU_RE = re.compile(r"(?:^|_)relu")
+_BN_RE = re.compile(r"(?:^|_)bn\d")
 
 
 def default_is_relu(name: str) -> bool:
     """True for feats names that hold a ReLU output (``relu1_1``, ``relu6``, ``score_relu``,
     ``head_relu1``)."""
     return bool(_RELU_RE.search(name))
+
+
+def is_batch_norm(name: str) -> bool:
+    """True for feats names that hold a BatchNorm output (``bn5_1``, ``head_bn1``)."""
+    return bool(_BN_RE.search(name))
 
 
 # ----------------------------------------------------------------------------- pytree paths

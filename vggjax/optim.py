@@ -168,6 +168,11 @@ def _to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
     return int(round(float(value) * steps_per_epoch)) if unit == "epochs" else int(value)
 
 
+def warmup_steps(cfg: Any, steps_per_epoch: int) -> int:
+    """The steps of ``cfg``'s linear warm-up (0 without one)."""
+    return _to_steps(_number(cfg, "warmup_epochs"), "epochs", int(steps_per_epoch))
+
+
 def make_schedule(cfg: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Return the learning-rate schedule ``step -> lr`` (before any plateau reduction).
 
@@ -186,7 +191,7 @@ def make_schedule(cfg: Any, steps_per_epoch: int, total_steps: int) -> optax.Sch
         raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     unit = _check_name("lr_boundaries_unit", _get(cfg, "lr_boundaries_unit"), BOUNDARY_UNITS)
     factor = _number(cfg, "lr_decay_factor")
-    warmup = _to_steps(_number(cfg, "warmup_epochs"), "epochs", steps_per_epoch)
+    warmup = warmup_steps(cfg, steps_per_epoch)
 
     if name in ("constant", "plateau"):
         main = lambda count: jnp.full((), lr, jnp.float32)  # noqa: E731

@@ -12,8 +12,10 @@ running thousands of steps at the constant-prediction loss:
   measured figure, the likely cause, the fix, and the experiment that shows it.
 * :class:`Watch` — a :class:`vggjax.training.Hook` that, while training, notices a loss stuck at
   its constant-prediction value (ln C for softmax, the label-prior loss for multi-label), a
-  collapse to exactly-zero gradients, and an early blow-up, and says so once, with the step. It
-  never stops a run (the NaN guard stays the only stop).
+  collapse to exactly-zero gradients, and an early blow-up, and says so once, with the step; at a
+  plateau the trainer checks the network as it is then (a layer that died, BatchNorm over too
+  few values) and says what it found or ruled out. It never stops a run (the NaN guard stays the
+  only stop).
 
 ``python -m vggjax.diagnose --config=...`` runs the check alone and prints the per-layer table.
 The thresholds and what each reference case measures are in ``docs/trainability.md``.
@@ -24,8 +26,15 @@ thresholds and the findings they support), :mod:`.watch` (the while-training hal
 """
 
 from vggjax.trainability.probe import check, input_signal, measure
-from vggjax.trainability.report import EXPERIMENTS, Finding, Layer, Report, constant_loss
-from vggjax.trainability.rules import findings
+from vggjax.trainability.report import (
+    EXPERIMENTS,
+    Finding,
+    Layer,
+    Report,
+    Setup,
+    constant_loss,
+)
+from vggjax.trainability.rules import findings, unexplained
 from vggjax.trainability.watch import Watch, warn
 
 __all__ = [
@@ -33,11 +42,13 @@ __all__ = [
     "Finding",
     "Layer",
     "Report",
+    "Setup",
     "Watch",
     "check",
     "constant_loss",
     "findings",
     "input_signal",
     "measure",
+    "unexplained",
     "warn",
 ]

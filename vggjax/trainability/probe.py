@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from vggjax import diagnostics, losses, ops
-from vggjax.trainability.report import Layer, Report, constant_loss
+from vggjax.trainability.report import Layer, Report, Setup, constant_loss
 from vggjax.trainability.rules import findings
 
 
@@ -49,6 +49,7 @@ def measure(
     }
     static.update(
         feat_order=list(feats),
+        feat_shapes={k: tuple(v.shape) for k, v in feats.items() if hasattr(v, "shape")},
         logit_values=logits.size,
         logit_rank=logits.ndim,
         batch=logits.shape[0],
@@ -114,6 +115,8 @@ def _layers(raw: dict[str, Any], static: dict) -> list[Layer]:
             continue
         param = owners.get(name)
         dead = stats.get(f"dead_frac/{name}")
+        shape = static["feat_shapes"][name]
+        values = int(np.prod(shape[:-1])) if diagnostics.is_batch_norm(name) else None
         grad = stats.get(f"grad_norm/{param[0]}") if param else None
         rows.append(
             Layer(
@@ -127,16 +130,30 @@ def _layers(raw: dict[str, Any], static: dict) -> list[Layer]:
                 param[1] if param else None,
                 param[2] if param else False,
                 param[3] if param else False,
+                values,
             )
         )
     return rows
 
 
-def check(model: nnx.Module, batch: dict[str, Any], loss_name: str, num_classes: int) -> Report:
+def check(
+    model: nnx.Module,
+    batch: dict[str, Any],
+    loss_name: str,
+    num_classes: int,
+    *,
+    before: Report | None = None,
+    setup: Setup | None = None,
+    trained: bool = False,
+) -> Report:
     """Measure ``model`` (any vggjax-convention network, left unchanged) on one ``batch`` and find
     problems.
 
     ``batch`` holds NHWC ``image``, ``label`` and optionally ``mask``, as the train step takes.
+    ``before`` is the check of the same network at initialisation on the same batch, when
+    ``model`` is one being trained: a layer that died since then is told apart from one dead from
+    the start; ``trained`` says ``model`` has been trained (implied by ``before``). ``setup`` (the
+    run's learning rate and batch size) lets a finding name them.
     The model runs on a copy in training mode — BatchNorm on batch statistics, as the first step
     sees it — but with dropout off, whose random masks would pass for input dependence; one
     forward and one backward pass, compiled once.
@@ -169,6 +186,7 @@ def check(model: nnx.Module, batch: dict[str, Any], loss_name: str, num_classes:
         [],
         static["logit_rank"] == 2,
         int(static["batch"]),
+        trained=trained or before is not None,
     )
-    report.findings = findings(report)
+    report.findings = findings(report, before, setup)
     return report

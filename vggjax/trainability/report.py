@@ -34,6 +34,14 @@ class Finding:
         return {"finding": self.kind, "layer": self.layer or "", "message": self.line()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a run trains with, for findings that name it."""
+
+    learning_rate: float  # the schedule's peak
+    batch_size: int  # global
+
+
 @dataclasses.dataclass
 class Layer:
     """The check's numbers for one recorded layer output (``feats`` entry), in network order."""
@@ -49,6 +57,8 @@ class Layer:
     gain: float | None = None  # std(kernel) · sqrt(fan_in)
     zero_weights: bool = False
     zero_grad: bool = False
+    # BatchNorm outputs: the values each channel is normalised over (batch x height x width)
+    values: int | None = None
 
 
 @dataclasses.dataclass
@@ -66,6 +76,9 @@ class Report:
     findings: list[Finding]
     classifier: bool = True  # (N, C) logits; False for per-pixel score maps
     batch: int = 0
+    # True when the check looked at a network during training (the watch's recheck, diagnose
+    # --workdir) rather than at initialisation
+    trained: bool = False
 
     def table(self) -> str:
         """The per-layer table (activation std, input dependence, gain, gradient norm, dead %) and
@@ -88,8 +101,23 @@ class Report:
             f"logits' signal (std across the batch) {self.logits_signal:.3g}, "
             f"gradient norm {self.grad_norm:.3g}"
         )
-        out += [f"finding: {f.line()}" for f in self.findings] or ["no findings"]
+        out += [f"finding: {f.line()}" for f in self.findings] or [self.ruled_out()]
         return "\n".join(out)
+
+    def ruled_out(self) -> str:
+        """What a check without findings has ruled out, and what it cannot see."""
+        line = (
+            "no findings: no zero or dead layer, no signal that vanishes or explodes, the logits "
+            "depend on the image, BatchNorm normalises over enough values"
+        )
+        if self.trained:
+            return line
+        return (
+            f"{line}; what a check at initialisation cannot see is a learning rate too large "
+            "for the batch size: the trainer checks the network again if its loss stays at "
+            "the constant-prediction value, and python -m vggjax.diagnose --workdir=RUN checks "
+            "a run's checkpoint"
+        )
 
 
 def _fmt(v: float | None, spec: str) -> str:

@@ -27,8 +27,8 @@ def warn(items: Sequence[Finding], writer: Any = None, step: int | None = 0, out
 
 class Watch:
     """The while-training half (fed by the :class:`vggjax.training.hooks.Trainability` hook): a
-    plateau at the constant-prediction loss, exactly-zero gradients, an early blow-up; each said
-    once, with its step."""
+    plateau at the constant-prediction loss (after ``plateau_from``, the warm-up's end),
+    exactly-zero gradients, an early blow-up; each said once, with its step."""
 
     def __init__(
         self,
@@ -37,8 +37,13 @@ class Watch:
         window: int = PLATEAU_WINDOW,
         report: Callable | None = None,
         start_step: int = 0,
+        advice: str = "run python -m vggjax.diagnose --workdir=DIR (the run's) to see why",
+        plateau_from: int = 0,
     ) -> None:
-        self.constant, self.window = constant, window
+        self.constant, self.window, self.advice = constant, window, advice
+        # A loss still near ln C while the warm-up is raising the learning rate is no verdict:
+        # the plateau is judged from the end of the warm-up on.
+        self.plateau_from = plateau_from
         self.report = report or (lambda items, step: warn(items, None, step))
         self.losses: collections.deque = collections.deque(maxlen=window)
         self.said: set[str] = set()
@@ -89,7 +94,7 @@ class Watch:
                 )
             )
         self.losses.append(loss)
-        if len(self.losses) == self.window and self._flat():
+        if step > self.plateau_from and len(self.losses) == self.window and self._flat():
             self._say(
                 Finding(
                     "plateau",
@@ -97,7 +102,7 @@ class Watch:
                     f"loss stuck at {np.mean(self.losses):.4f}, the constant-prediction "
                     f"loss {self.constant:.4f}, over the last {self.window} steps",
                     "the network predicts the class prior whatever the image",
-                    "run python -m vggjax.diagnose with this config to see why",
+                    self.advice,
                     EXPERIMENTS,
                     step,
                 )

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -238,17 +239,47 @@ class Trainability(Hook):
 
     Its findings (a plateau at the constant-prediction loss, exactly-zero gradients, an early
     blow-up) are printed once each as ``warning: trainability: ...`` and written to
-    ``metrics.jsonl`` as ``finding`` records; the run goes on.
+    ``metrics.jsonl`` as ``finding`` records; the run goes on. At a plateau, ``recheck(state)``
+    (when given) runs the trainability check on the network as it is at that step and returns its
+    findings — a layer that died, BatchNorm over too few values — which are said the same way;
+    when it finds nothing, one line says what it ruled out.
     """
 
-    def __init__(self, constant_loss: float, writer=None, *, start_step: int = 0) -> None:
+    def __init__(
+        self,
+        constant_loss: float,
+        writer=None,
+        *,
+        start_step: int = 0,
+        recheck: Callable[[Any], list] | None = None,
+        workdir: str = "DIR",
+        plateau_from: int = 0,
+    ) -> None:
         from vggjax import trainability
 
-        def report(items, step=None):
-            if writer is None or writer.active:
-                trainability.warn(items, writer, step or 0)
+        self.writer, self.recheck = writer, recheck
+        self.pending = False
 
-        self.watch = trainability.Watch(constant_loss, report=report, start_step=start_step)
+        def report(items, step=None):
+            if recheck is not None and any(f.kind == "plateau" for f in items):
+                self.pending = True
+            self._warn(items, step)
+
+        table = f"python -m vggjax.diagnose --workdir={workdir} prints the per-layer table"
+        advice = f"checking the network at this step; {table}" if recheck else f"{table} and why"
+        self.watch = trainability.Watch(
+            constant_loss,
+            report=report,
+            start_step=start_step,
+            advice=advice,
+            plateau_from=plateau_from,
+        )
+
+    def _warn(self, items, step) -> None:
+        from vggjax import trainability
+
+        if self.writer is None or self.writer.active:
+            trainability.warn(items, self.writer, step or 0)
 
     def on_records(self, loop: Loop, records: list[Record], diagnostics: bool) -> None:
         for r in records:
@@ -256,3 +287,12 @@ class Trainability(Hook):
             self.watch.observe(
                 r.step, float(r.metrics["loss"]), None if grad is None else float(grad)
             )
+
+    def after_step(self, loop: Loop, step: int, state: Any) -> None:
+        if not self.pending or self.recheck is None:
+            return
+        from vggjax import trainability
+
+        self.pending = False
+        found = [dataclasses.replace(f, step=step) for f in self.recheck(state)]
+        self._warn(found or [trainability.unexplained(step)], step)

@@ -126,17 +126,53 @@ def _check_trainability(
     config, plan: config_lib.Plan, graphdef, state, train_iter, start: int, writer
 ):
     """Before the first step, the trainability check on the first batch (warnings, ``finding``
-    records); returns the batches (the first one put back) and the constant-prediction loss the
-    watch compares with."""
+    records); returns the batches (the first one put back), the first batch, the check's report
+    (None when resuming) and the constant-prediction loss the watch compares with."""
     from vggjax import trainability
 
     first = next(train_iter)
+    report = None
     if start == 0:
-        report = trainability.check(merge(graphdef, state), first, plan.loss, plan.num_classes)
+        report = trainability.check(
+            merge(graphdef, state), first, plan.loss, plan.num_classes, setup=_setup(config, plan)
+        )
         if writer.active:
             trainability.warn(report.findings, writer, 0)
     constant = trainability.constant_loss(plan.loss, plan.num_classes, first["label"])
-    return itertools.chain([first], train_iter), constant
+    return itertools.chain([first], train_iter), first, report, constant
+
+
+def _setup(config, plan: config_lib.Plan):
+    from vggjax import trainability
+
+    return trainability.Setup(float(config.optim.learning_rate), plan.batch_size)
+
+
+def _watch(config, plan, workdir, graphdef, runner, first, before, constant, start, writer):
+    """The while-training watch; at a plateau it checks the network as trained so far on the
+    first batch, against the check at step 0."""
+    from vggjax import trainability
+
+    def recheck(state):
+        model = merge(graphdef, runner.to_host_state(state))
+        return trainability.check(
+            model,
+            first,
+            plan.loss,
+            plan.num_classes,
+            before=before,
+            setup=_setup(config, plan),
+            trained=True,
+        ).findings
+
+    return hooks_lib.Trainability(
+        constant,
+        writer,
+        start_step=start,
+        recheck=recheck,
+        workdir=workdir,
+        plateau_from=optim.warmup_steps(config.optim, plan.steps_per_epoch),
+    )
 
 
 def _finish(
@@ -214,13 +250,17 @@ def _train(
         total_steps=plan.total_steps,
     )
     train_iter, eval_batches = _datasets(config, plan, start)
-    watch = []
-    if config.get("check_trainability", True):
-        train_iter, constant = _check_trainability(
+    check = config.get("check_trainability", True)
+    if check:
+        train_iter, first, before, constant = _check_trainability(
             config, plan, graphdef, state, train_iter, start, writer
         )
-        watch = [hooks_lib.Trainability(constant, writer, start_step=start)]
     runner, state = make_runner(config, graphdef, eval_graphdef, tx, plan.loss, state, False, key)
+    watch = []
+    if check:
+        watch = [
+            _watch(config, plan, workdir, graphdef, runner, first, before, constant, start, writer)
+        ]
     diag = config.get("diagnostics", {})
     diag_runner = None
     if diag.get("enabled", False):
