@@ -14,7 +14,9 @@ maps, so the kernel faults in 2 MiB pages instead, and far fewer of them (``jax.
 in experiments/results/bench/vgg16_bn_32_b64.json). glibc reads
 tunables only when a process starts, so the command-line entry points
 (``python -m vggjax.train``, ``python -m vggjax.bench``) start themselves again with it
-set (:func:`restart_with_hugepages`; ``VGGJAX_HUGEPAGES=0`` turns that off). Code that
+set (:func:`restart_with_hugepages`; ``VGGJAX_HUGEPAGES=0`` turns that off). It is on by
+default because an A/B of the trainer and the ImageNet-size step shows the gain
+(experiments/results/bench/hugepages_ab.json, ``python benchmarks/hugepages_ab.py``). Code that
 imports vggjax's modules gets the same by starting Python with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in its environment.
 
