@@ -436,6 +436,21 @@ def test_diagnose_cli_prints_the_table_and_the_finding():
     )
 
 
+def test_diagnose_workdir_errors_are_one_line(tmp_path):
+    from vggjax import diagnose
+    from vggjax.errors import DataError
+
+    with pytest.raises(DataError, match=r"no config.json there; point it at the --workdir"):
+        diagnose.run_config(str(tmp_path / "nope"))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"is not a trainer config"):
+        diagnose.run_config(str(tmp_path))
+    (tmp_path / "config.json").write_text(_default().to_json())
+    config = diagnose.run_config(str(tmp_path))
+    with pytest.raises(DataError, match=r"has no checkpoint yet; run the trainer until its first"):
+        diagnose.diagnose(config, 2, str(tmp_path))
+
+
 def render_table() -> str:
     rows = ["| experiment | configuration | what the check reports |", "|---|---|---|"]
     for name, case in CASES.items():

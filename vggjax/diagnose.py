@@ -95,6 +95,7 @@ def diagnose(config, batch_size: int = 0, workdir: str = ""):
     from vggjax.training.state import create_model
 
     config_lib.check_config(config)
+    step = _newest_step(workdir) if workdir else None  # a run without checkpoints fails first
     batch, num_classes, loss, note = batch_for(config, batch_size or min(config.batch_size, 32))
     model = create_model(config, num_classes, batch["image"].shape[-1])
     setup = trainability.Setup(float(config.optim.learning_rate), config.batch_size)
@@ -102,7 +103,7 @@ def diagnose(config, batch_size: int = 0, workdir: str = ""):
         print(f"{config.model}: {note}", file=sys.stderr)
         return trainability.check(model, batch, loss, num_classes, setup=setup)
     before = trainability.check(model, batch, loss, num_classes, setup=setup)
-    trained, step = _restored(model, workdir)
+    trained = _restored(model, workdir, step)
     print(f"{config.model} at step {step} of {workdir}: {note}", file=sys.stderr)
     return trainability.check(trained, batch, loss, num_classes, before=before, setup=setup)
 
@@ -126,13 +127,8 @@ def run_config(workdir: str):
         raise DataError(f"{path} is not a trainer config ({e}); was it edited?") from None
 
 
-def _restored(model, workdir: str):
-    """``(model with the run's newest checkpoint, its step)``."""
-    from flax import nnx
-
-    from vggjax import checkpoint
-    from vggjax.training.state import split_model
-
+def _newest_step(workdir: str) -> int:
+    """The newest checkpoint step of a trainer run, or a one-line DataError."""
     root = os.path.join(workdir, "checkpoints")
     steps = [int(p) for p in os.listdir(root) if p.isdigit()] if os.path.isdir(root) else []
     if not steps:
@@ -140,12 +136,20 @@ def _restored(model, workdir: str):
             f"--workdir={workdir} has no checkpoint yet; run the trainer until its first "
             "checkpoint (config.checkpoint_every_steps), or check the initialisation with --config"
         )
-    step = max(steps)
+    return max(steps)
+
+
+def _restored(model, workdir: str, step: int):
+    """``model`` with the weights and BatchNorm statistics of the run's checkpoint ``step``."""
+    from flax import nnx
+
+    from vggjax import checkpoint
+    from vggjax.training.state import split_model
+
     graphdef, params, frozen, stats, rngs = split_model(model)
     target = {"params": params, "frozen": frozen, "batch_stats": stats}
     loaded, _ = checkpoint.restore_params_from(workdir, target, step=step)
-    restored = nnx.merge(graphdef, loaded["params"], loaded["frozen"], loaded["batch_stats"], rngs)
-    return restored, step
+    return nnx.merge(graphdef, loaded["params"], loaded["frozen"], loaded["batch_stats"], rngs)
 
 
 def main(argv) -> None:
