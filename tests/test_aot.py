@@ -248,6 +248,32 @@ def test_max_batch_search_finds_the_boundary_and_sees_recomputation(monkeypatch,
         assert remat["observable"] is False and remat["detected"] is None
 
 
+def test_max_batch_search_grows_when_memory_stops_growing_with_the_batch():
+    """What XLA:TPU did with vgg16_bn on v4-8 (30.8 GiB available): 64 per chip needed 6.5 GiB,
+    419 23.1 GiB, 581 only 22.1 GiB (it rematerialised). The line through the last two points
+    slopes down, so it says nothing; the search spent its last compile on 582 (one example more
+    per chip, 22.1 GiB again). Unbounded and without a measured line, it now grows by GROW at
+    least; with a measured line that puts the boundary at what fits, one more settles it."""
+    gib = 2**30
+    first = {
+        "per_device_batch": 64,
+        "memory": {"total_bytes": int(6.49 * gib), "code_bytes": 55 * 2**20},
+        "expected_argument_bytes": {"state": int(0.53 * gib)},
+    }
+
+    def point(b, total, fits=True):
+        return {"per_device_batch": b, "fits": fits, "total_bytes": int(total * gib)}
+
+    points = {64: point(64, 6.49), 419: point(419, 23.1), 581: point(581, 22.1)}
+    available = 30.8 * gib
+    nxt = search._next(points, first, available, search.SATURATED * available, [])
+    assert nxt >= search.GROW * 581, nxt
+    # a measured line (memory linear in the batch) that says 581 is the largest: 582 settles it
+    slope = (available - 6.49 * gib) / (581.5 - 64)
+    linear = {b: point(b, (6.49 * gib + slope * (b - 64)) / gib) for b in (64, 300, 581)}
+    assert search._next(linear, first, available, 2 * available, []) == 582
+
+
 def test_xla_tpu_out_of_memory_message_is_parsed():
     text = (
         "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "

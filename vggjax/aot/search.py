@@ -38,15 +38,21 @@ def _point(entry: dict[str, Any]) -> dict[str, Any]:
 # A fitting compile reporting more than this share of the available memory is not a point on the
 # line: XLA:TPU spends spare memory (prefetch, fewer rematerialisations) when it has it.
 SATURATED = 0.9
+# Unbounded and without a measured line, the next batch is at least this many times the largest
+# that fits: one example more per device would spend a compile of minutes to learn little.
+GROW = 1.25
 
 
 def _usable(p: dict[str, Any], saturated: float) -> bool:
     return bool(p["total_bytes"]) and (not p["fits"] or p["total_bytes"] < saturated)
 
 
-def _line(points: dict[int, dict], first: dict[str, Any], saturated: float) -> tuple[float, float]:
-    """``(fixed, per_example)`` bytes per device: through the two usable points nearest the
-    boundary, or from the first compile alone (``per_example`` 0: nothing to go on)."""
+def _line(
+    points: dict[int, dict], first: dict[str, Any], saturated: float
+) -> tuple[float, float, bool]:
+    """``(fixed, per_example, measured)`` bytes per device: through the two usable points nearest
+    the boundary (``measured``), or from the first compile alone (``per_example`` 0: nothing to go
+    on)."""
     usable = [(b, p["total_bytes"]) for b, p in points.items() if _usable(p, saturated)]
     fails = [b for b, p in points.items() if not p["fits"]]
     edge = min(fails) if fails else max(points)
@@ -54,12 +60,12 @@ def _line(points: dict[int, dict], first: dict[str, Any], saturated: float) -> t
         (b1, t1), (b2, t2) = sorted(usable, key=lambda bt: abs(bt[0] - edge))[:2]
         if b1 != b2 and (t2 - t1) / (b2 - b1) > 0:
             slope = (t2 - t1) / (b2 - b1)
-            return t1 - slope * b1, slope
+            return t1 - slope * b1, slope, True
     mem = first["memory"]
     fixed = first["expected_argument_bytes"]["state"] * 2 + (mem.get("code_bytes") or 0)
     if not mem.get("total_bytes") or mem["total_bytes"] <= fixed:
-        return fixed, 0.0
-    return fixed, (mem["total_bytes"] - fixed) / first["per_device_batch"]
+        return fixed, 0.0, False
+    return fixed, (mem["total_bytes"] - fixed) / first["per_device_batch"], False
 
 
 def _next(
@@ -71,15 +77,18 @@ def _next(
     lo, hi = max(fits, default=0), min(fails, default=None)
     if hi is not None and hi - lo <= 1:
         return None
-    fixed, slope = _line(points, first, saturated)
+    fixed, slope, measured = _line(points, first, saturated)
     guess = math.floor((available - fixed) / slope) if slope > 0 else None
     # The line says lo is the answer: lo + 1 settles it. Unless nothing bounds the search yet and
-    # lo's own report was a full memory, not a point on the line: then only growing finds out.
-    trusted = hi is not None or (lo in points and _usable(points[lo], saturated))
+    # the line is not measured through lo's neighbourhood (lo's own report was a full memory, or
+    # memory did not grow with the batch): then only growing finds out.
+    trusted = hi is not None or (measured and lo in points and _usable(points[lo], saturated))
     if guess is not None and guess <= lo and trusted:
         guess = lo + 1
-    if hi is None:  # grow: the line's guess, or double what fits
-        return guess if guess is not None and guess > lo else 2 * max(lo, 1)
+    if hi is None:  # grow: the line's guess (by at least GROW unless measured), or double
+        if guess is None or guess <= lo:
+            return 2 * max(lo, 1)
+        return guess if measured else max(guess, math.ceil(GROW * lo))
     guess = hi - 1 if guess is not None and guess >= hi else guess
     inside = guess is not None and lo < guess < hi and guess not in points
     # bisect when the line says nothing new, or its last two guesses did not halve the bracket
@@ -120,7 +129,7 @@ def max_batch(
     fits = sorted(b for b, p in points.items() if p["fits"])
     fails = sorted(b for b, p in points.items() if not p["fits"])
     lo, hi = (fits[-1] if fits else 0), (fails[0] if fails else None)
-    fixed, slope = _line(points, first, saturated)
+    fixed, slope, _ = _line(points, first, saturated)
     return {
         "global_batch": lo * n,
         "per_device_batch": lo,
